@@ -137,9 +137,7 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 def _redact(node: Any) -> Any:
     if isinstance(node, dict):
-        return {
-            k: (REDACTED if v is not None and _SECRET_NAME.search(str(k)) else _redact(v)) for k, v in node.items()
-        }
+        return {k: (REDACTED if v is not None and _SECRET_NAME.search(str(k)) else _redact(v)) for k, v in node.items()}
     if isinstance(node, list | tuple):
         return type(node)(_redact(v) for v in node)
     return node
@@ -155,7 +153,7 @@ def _describe(cls: type, err: ValidationError, source: str, overrides: Sequence[
         if item["type"] == "unexpected_keyword_argument":
             allowed = _allowed_keys(cls, loc[:-1])
             msg = f"unknown key; allowed: {', '.join(allowed)}" if allowed else "unknown key"
-        elif item["type"] == "missing_argument":
+        elif item["type"] in ("missing", "missing_argument"):
             msg = "required, but not set"
         else:
             got = item.get("input")

@@ -113,7 +113,8 @@ def open_atomic(uri: str, storage: StorageConfig | None = None) -> Iterator[IO[b
         try:
             yield f
         except BaseException:
-            f.discard()  # abort the multipart upload / drop the buffer: nothing becomes visible
+            f.discard()  # abort the multipart upload and drop the buffer: nothing becomes visible
+            f.closed = True  # so garbage collection does not try to flush the discarded buffer
             raise
         f.close()
         return

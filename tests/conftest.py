@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import uuid
 from pathlib import Path
 
@@ -20,6 +21,11 @@ REPO = Path(__file__).resolve().parent.parent
 # Processes the tests start (Ray workers, CLI subprocesses) import this checkout's packages.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray >= 2.52 turns token authentication on by itself in some paths (a new local cluster, or a
+# token left in ~/.ray); one explicit token for every cluster, client and job of the session keeps
+# them agreeing, as a platform team's cluster would.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
 

@@ -90,7 +90,7 @@ def _make_handler(server: MediaServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args) -> None:  # keep test output quiet
             pass
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             server._opened(self.path)
             try:
                 _route(self, server)

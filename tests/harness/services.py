@@ -18,24 +18,24 @@ BIN = Path(sys.executable).parent
 
 
 @contextlib.contextmanager
-def process_group(cmd: list[str], log: Path, env: dict | None = None) -> Iterator[subprocess.Popen]:
-    """Run `cmd` in its own session; on exit SIGTERM (then SIGKILL) the whole group."""
+def process_group(
+    cmd: list[str], log: Path, env: dict | None = None, grace: float = 20.0
+) -> Iterator[subprocess.Popen]:
+    """Run `cmd` in its own session; on exit SIGTERM the whole group, SIGKILL after `grace` seconds."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
         yield proc
     finally:
-        _stop_group(proc)
+        _stop_group(proc, grace)
 
 
-def _stop_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
+def _stop_group(proc: subprocess.Popen, grace: float) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
     # Children (uvicorn workers, raylets) may outlive the leader: sweep the group.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -109,7 +109,11 @@ def ray_head(workdir: Path, num_cpus: int = 2, env: dict | None = None) -> Itera
         "--num-cpus", str(num_cpus), "--temp-dir", str(temp),
         "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
     ]  # fmt: skip
-    with process_group(cmd, workdir / "ray-head.log", env=env) as proc:
+    # Job entrypoints say `python ...`: it must be this environment's python, as in a cluster image.
+    env = dict(env if env is not None else os.environ)
+    env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])
+    # A test cluster holds nothing worth draining (Ray waits up to 30 s for that): kill it after 3 s.
+    with process_group(cmd, workdir / "ray-head.log", env=env, grace=3) as proc:
         url = f"http://127.0.0.1:{dash}"
         wait_http(f"{url}/api/version", timeout=120, proc=proc)
         _wait_job_api(url)

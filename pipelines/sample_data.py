@@ -93,11 +93,17 @@ class SampleManifest:
     formats: dict[str, DatasetFile]
     stats: RunStats | None = field(default=None, compare=False)  # of the run that returned it; not saved
 
-    def videos(self, split: str | None = None) -> tuple[Sample, ...]:
-        return tuple(s for s in self.samples if s.kind == "video" and split in (None, s.split))
+    @property
+    def videos(self) -> tuple[Sample, ...]:
+        return self.select("video")
 
-    def images(self, split: str | None = None) -> tuple[Sample, ...]:
-        return tuple(s for s in self.samples if s.kind == "image" and split in (None, s.split))
+    @property
+    def images(self) -> tuple[Sample, ...]:
+        return self.select("image")
+
+    def select(self, kind: str, split: str | None = None) -> tuple[Sample, ...]:
+        """Samples of one kind ("video" | "image"), optionally of one split ("train" | "val")."""
+        return tuple(s for s in self.samples if s.kind == kind and split in (None, s.split))
 
     def path(self, rel: str) -> str:
         """Absolute local path of a file under the root (a sample's `file`, a format's `annotations`)."""
@@ -115,7 +121,7 @@ class SampleManifest:
         `url_for(sample)` may return another URL for a row (e.g. a fault route
         `{server}/status/404/videos/x.mp4`), or None to keep the default. Returns `dest`.
         """
-        rows = self.videos(split)
+        rows = self.select("video", split)
         storage.write_text(dest, sample_formats.webvid_csv(rows, base_url or self.base_url, url_for))
         return dest
 
@@ -127,7 +133,7 @@ class SampleManifest:
         url_for: Callable[[Sample], str | None] | None = None,
     ) -> str:
         """Write a Conceptual Captions TSV (caption<TAB>url, no header) of this set's images."""
-        rows = self.images(split)
+        rows = self.select("image", split)
         storage.write_text(dest, sample_formats.cc3m_tsv(rows, base_url or self.base_url, url_for))
         return dest
 
@@ -136,7 +142,7 @@ class SampleManifest:
             "generator": GENERATOR,
             "seed": self.seed,
             "base_url": self.base_url,
-            "counts": {"videos": len(self.videos()), "images": len(self.images())},
+            "counts": {"videos": len(self.videos), "images": len(self.images)},
             "formats": {k: dataclasses.asdict(v) for k, v in self.formats.items()},
             "samples": [dataclasses.asdict(s) for s in self.samples],
         }

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 def summary(manifest) -> str:
     """What was made: counts per kind and split, sizes, time, and the dataset files."""
     stats = manifest.stats
-    videos, images = manifest.videos(), manifest.images()
+    videos, images = manifest.videos, manifest.images
     lines = [f"sample data in {manifest.root} (seed {manifest.seed})"]
     for name, items in (("videos", videos), ("images", images)):
         train = sum(s.split == "train" for s in items)

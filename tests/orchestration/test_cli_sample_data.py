@@ -42,11 +42,11 @@ def test_cli_run_makes_the_files_and_prints_what_it_made(tmp_path, capsys):
     assert "made 6, reused 0" in printed and "webvid/train/results_train.csv" in printed
 
     m = SampleManifest.load(str(out))
-    assert (len(m.videos()), len(m.images()), m.seed) == (4, 2, 7)
+    assert (len(m.videos), len(m.images), m.seed) == (4, 2, 7)
     assert all(Path(m.path(s.file)).stat().st_size > 500 for s in m.samples)
     with open(m.path(m.formats["webvid_train"].annotations), newline="") as f:
         urls = [row["contentUrl"] for row in csv.DictReader(f)]
-    assert urls == [f"http://media.test:9000/files/videos/{s.id}.mp4" for s in m.videos("train")]
+    assert urls == [f"http://media.test:9000/files/videos/{s.id}.mp4" for s in m.select("video", "train")]
 
     assert main(argv) == 0  # a second run reuses everything
     assert "made 0, reused 6" in capsys.readouterr().out
@@ -58,7 +58,7 @@ def test_cli_flags_win_over_the_yaml(tmp_path):
         main(["sample-data", str(out), "--config", str(REPO / "configs/sample_data/tiny.yaml"), "--videos", "2"]) == 0
     )
     m = SampleManifest.load(str(out))
-    assert (len(m.videos()), len(m.images())) == (2, 8)  # videos from the flag, images from tiny.yaml
+    assert (len(m.videos), len(m.images)) == (2, 8)  # videos from the flag, images from tiny.yaml
 
 
 def test_cli_reports_bad_settings_and_folders(tmp_path, capsys):

@@ -77,8 +77,8 @@ def caption_of(name: str) -> str:
 
 
 def test_videos_probe_as_declared(sample_data):
-    assert len(sample_data.videos()) == 12
-    for s in sample_data.videos():
+    assert len(sample_data.videos) == 12
+    for s in sample_data.videos:
         info = probe(sample_data.path(s.file))
         video = [st for st in info["streams"] if st["codec_type"] == "video"]
         audio = [st for st in info["streams"] if st["codec_type"] == "audio"]
@@ -101,7 +101,7 @@ def test_videos_probe_as_declared(sample_data):
 
 
 def test_sizes_rates_and_durations_vary(sample_data):
-    videos = sample_data.videos()
+    videos = sample_data.videos
     assert len({(s.width, s.height) for s in videos}) >= 4
     assert any(s.width * 3 != s.height * 4 for s in videos)  # not all 4:3
     assert len({s.fps for s in videos}) >= 3 and all(8 <= s.fps <= 30 for s in videos)
@@ -110,7 +110,7 @@ def test_sizes_rates_and_durations_vary(sample_data):
 
 
 def test_video_frames_show_the_declared_shape_colour_and_motion(sample_data):
-    for s in sample_data.videos():
+    for s in sample_data.videos:
         path = sample_data.path(s.file)
         mid = s.frames // 2
         frame = decode_frame(path, mid, s.width, s.height)
@@ -133,7 +133,7 @@ def test_video_frames_show_the_declared_shape_colour_and_motion(sample_data):
 
 def test_tone_pitch_rises_or_falls_as_declared(sample_data):
     rate = 16000
-    with_audio = [s for s in sample_data.videos() if s.has_audio]
+    with_audio = [s for s in sample_data.videos if s.has_audio]
     assert {s.pitch for s in with_audio} <= {"rising", "falling"} and with_audio
     for s in with_audio:
         wave = decode_audio(sample_data.path(s.file), rate)
@@ -150,8 +150,8 @@ def test_tone_pitch_rises_or_falls_as_declared(sample_data):
 
 
 def test_images_show_the_declared_shape_on_its_background(sample_data):
-    assert len(sample_data.images()) == 8
-    for s in sample_data.images():
+    assert len(sample_data.images) == 8
+    for s in sample_data.images:
         with Image.open(sample_data.path(s.file)) as im:
             assert (im.format, im.mode, im.size) == ("JPEG", "RGB", (s.width, s.height))
             frame = np.asarray(im)
@@ -184,7 +184,7 @@ def test_rerun_reuses_right_files_and_remakes_wrong_ones(tmp_path):
     cfg = SampleDataConfig(out=str(tmp_path / "s"), videos=3, images=2, seed=5)
     first = generate(cfg)
     assert (first.stats.made, first.stats.reused) == (5, 0)
-    victim = Path(first.path(first.videos()[1].file))
+    victim = Path(first.path(first.videos[1].file))
     before = {s.file: Path(first.path(s.file)).stat().st_mtime_ns for s in first.samples}
 
     t0 = time.perf_counter()
@@ -196,7 +196,7 @@ def test_rerun_reuses_right_files_and_remakes_wrong_ones(tmp_path):
     victim.write_bytes(victim.read_bytes()[:1000])  # a truncated file is not "the right content"
     repaired = generate(cfg)
     assert (repaired.stats.made, repaired.stats.reused) == (1, 4)
-    assert repaired.videos()[1].sha256 == first.videos()[1].sha256
+    assert repaired.videos[1].sha256 == first.videos[1].sha256
 
     grown = generate(SampleDataConfig(out=str(tmp_path / "s"), videos=4, images=2, seed=5))
     assert grown.stats.made == 1  # a sample never depends on how many there are
@@ -217,9 +217,7 @@ def test_smaller_rerun_removes_media_no_sample_owns(tmp_path):
     generate(SampleDataConfig(out=str(tmp_path / "s"), videos=4, images=3, seed=2))
     small = generate(SampleDataConfig(out=str(tmp_path / "s"), videos=2, images=1, seed=2, val_fraction=0.0))
     files = {str(p.relative_to(small.root)) for p in Path(small.root).rglob("*.mp4")}
-    assert files == {s.file for s in small.videos()} | {
-        f"webvid/videos/{s.page_dir}/{s.id}.mp4" for s in small.videos()
-    }
+    assert files == {s.file for s in small.videos} | {f"webvid/videos/{s.page_dir}/{s.id}.mp4" for s in small.videos}
     assert len(list(Path(small.root).rglob("*.jpg"))) == 4  # images/ + three training formats
 
 
@@ -245,7 +243,7 @@ def test_webvid_csvs_match_the_webvid_release(sample_data):
             reader = csv.DictReader(f)
             assert tuple(reader.fieldnames) == WEBVID_COLUMNS
             rows = list(reader)
-        videos = m.videos(split)
+        videos = m.select("video", split)
         assert [r["videoid"] for r in rows] == [s.id for s in videos] and rows
         for r, s in zip(rows, videos, strict=True):
             assert r["contentUrl"] == f"http://127.0.0.1:8000/files/videos/{s.id}.mp4"
@@ -255,14 +253,14 @@ def test_webvid_csvs_match_the_webvid_release(sample_data):
             assert caption_of(r["name"]) == s.caption
             local = Path(m.path(m.formats[key].media_dir), r["page_dir"], f"{r['videoid']}.mp4")
             assert local.read_bytes() == Path(m.path(s.file)).read_bytes()  # Video-LLaMA's local layout
-    assert len({s.page_dir for s in m.videos()}) >= 2
+    assert len({s.page_dir for s in m.videos}) >= 2
 
 
 def test_cc3m_tsvs_are_caption_tab_url_without_header(sample_data):
     m = sample_data
     for key, split in (("cc3m_train", "train"), ("cc3m_val", "val")):
         lines = Path(m.path(m.formats[key].annotations)).read_text().splitlines()
-        images = m.images(split)
+        images = m.select("image", split)
         assert len(lines) == len(images) > 0
         for line, s in zip(lines, images, strict=True):
             caption, url = line.split("\t")
@@ -272,7 +270,7 @@ def test_cc3m_tsvs_are_caption_tab_url_without_header(sample_data):
 
 def test_llava_cc3m_chat_json(sample_data):
     m, chat = sample_data, _load(sample_data, "llava_cc3m")
-    train = m.images("train")
+    train = m.select("image", "train")
     assert [c["id"] for c in chat] == [s.id for s in train]
     for c, s in zip(chat, train, strict=True):
         assert set(c) == {"id", "image", "conversations"} and re.fullmatch(r"GCC_train_\d{9}\.jpg", c["image"])
@@ -287,7 +285,7 @@ def test_llava_cc3m_chat_json(sample_data):
 
 def test_cc_sbu_align_filter_cap(sample_data):
     m, doc = sample_data, _load(sample_data, "cc_sbu_align")
-    train = m.images("train")
+    train = m.select("image", "train")
     assert list(doc) == ["annotations"] and len(doc["annotations"]) == len(train)
     for ann, s in zip(doc["annotations"], train, strict=True):
         assert set(ann) == {"image_id", "caption"}
@@ -297,7 +295,7 @@ def test_cc_sbu_align_filter_cap(sample_data):
 
 def test_llava_instruct_conversations_answer_correctly(sample_data):
     m, data = sample_data, _load(sample_data, "llava_instruct")
-    train = m.images("train")
+    train = m.select("image", "train")
     assert len(data) == len(train)
     for entry, s in zip(data, train, strict=True):
         assert re.fullmatch(r"\d{12}", entry["id"]) and entry["image"] == f"{entry['id']}.jpg"
@@ -317,7 +315,7 @@ def test_llava_instruct_conversations_answer_correctly(sample_data):
 
 def test_videochat_refers_to_webvid_videos_by_page_dir(sample_data):
     m, data = sample_data, _load(sample_data, "videochat")
-    train = m.videos("train")
+    train = m.select("video", "train")
     assert len(data) == len(train)
     phrases = {"left": "to the left", "right": "to the right", "up": "up", "down": "down"}
     for entry, s in zip(data, train, strict=True):
@@ -352,7 +350,7 @@ def test_manifest_lists_every_sample_and_format(sample_data):
 
 
 def test_webvid_csv_for_another_server_and_fault_routes(sample_data, media_server, tmp_path):
-    bad = sample_data.videos("train")[0]
+    bad = sample_data.select("video", "train")[0]
     dest = sample_data.write_webvid_csv(
         str(tmp_path / "webvid.csv"),
         base_url=f"{media_server.base_url}/files",
@@ -364,14 +362,14 @@ def test_webvid_csv_for_another_server_and_fault_routes(sample_data, media_serve
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(rows[0]["contentUrl"], timeout=10)
     assert err.value.code == 404
-    good = sample_data.videos("train")[1]
+    good = sample_data.select("video", "train")[1]
     with urllib.request.urlopen(rows[1]["contentUrl"], timeout=10) as resp:
         assert resp.read() == Path(sample_data.path(good.file)).read_bytes()
 
     tsv = sample_data.write_cc3m_tsv(str(tmp_path / "cc3m.tsv"), base_url=f"{media_server.base_url}/files", split=None)
     caption, url = Path(tsv).read_text().splitlines()[-1].split("\t")
     with urllib.request.urlopen(url, timeout=10) as resp:
-        assert resp.read() == Path(sample_data.path(sample_data.images()[-1].file)).read_bytes()
+        assert resp.read() == Path(sample_data.path(sample_data.images[-1].file)).read_bytes()
 
 
 # ---------------------------------------------------------------- planning and config

@@ -27,7 +27,6 @@ examples:
   vllama sample-data /tmp/demo --config configs/sample_data/demo.yaml
   vllama sample-data /tmp/big workers=16 val_fraction=0.05 --videos 10000 --images 5000
   vllama sample-data /tmp/served --base-url http://10.0.0.5:8000/files
-KEY=VALUE overrides go right after OUT, before any flag (argparse takes positionals in one run).
 keys: out, videos, images, seed, base_url, val_fraction, workers (0 = one encoder per core)."""
 
 

@@ -70,3 +70,18 @@ def test_cli_reports_bad_settings_and_folders(tmp_path, capsys):
     (tmp_path / "c" / "keep.txt").write_text("not sample data")
     assert main(["sample-data", str(tmp_path / "c")]) == 2
     assert "not made by sample-data" in capsys.readouterr().err
+
+
+def test_overrides_may_follow_flags(tmp_path):
+    from orchestration.cli import build_parser, parse_args
+
+    args = parse_args(build_parser(), ["sample-data", str(tmp_path), "--videos", "3", "seed=5", "images=1"])
+    assert args.videos == 3 and args.overrides == ["seed=5", "images=1"]
+
+
+def test_stray_words_are_still_refused(tmp_path, capsys):
+    from orchestration.cli import build_parser, parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(build_parser(), ["sample-data", str(tmp_path), "--videos", "3", "oops"])
+    assert "unrecognized arguments: oops" in capsys.readouterr().err

@@ -26,7 +26,7 @@ test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(BIN)/vllama demo $(DEMO_ARGS)
+	$(BIN)/vllama sample-data demo-output/sample-data --config configs/sample_data/demo.yaml
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,7 +1,7 @@
 """The Ray side every ingestion source shares: one Ray Data task per shard, a cluster-wide
 per-domain limiter, and a progress bar on the driver.
 
-A source supplies `process(task: shards.ShardTask) -> stats dict` (it downloads, validates and
+A source supplies `process(task: shard_runs.ShardTask) -> stats dict` (it downloads, validates and
 calls `shards.write_shard`); `run_shards` fans the planned shards out over the cluster:
 
     limiter = domain_limiter(cfg.download)
@@ -28,7 +28,7 @@ import ray
 from tqdm.auto import tqdm
 
 from pipelines.download import DomainSlots, DownloadConfig
-from pipelines.shards import ShardTask
+from pipelines.shard_runs import ShardTask
 
 log = logging.getLogger(__name__)
 

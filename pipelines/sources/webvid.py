@@ -1,7 +1,7 @@
 """WebVid CSVs -> webdataset shards of mp4 + cleaned caption + metadata, with Ray Data.
 
     read_rows(cfg)      CSVs (local or s3://, globs allowed) -> input rows, numbered in order
-    shards.plan(...)    rows -> the shards this run writes (incremental / overwrite / retry-failed)
+    shard_runs.plan(...)    rows -> the shards this run writes (incremental / overwrite / retry-failed)
     process_shard(...)  one shard: download, ffprobe, decode check or transcode, write tar+sidecar+stats
     run(cfg)            all of it on Ray, then the run summary
 
@@ -28,11 +28,12 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipelines import download, ingest, media, shards, storage
+from pipelines import download, ingest, media, shard_runs, shards, storage
 from pipelines.config import config_dataclass
 from pipelines.download import DownloadConfig, Limiter
 from pipelines.media import TranscodeConfig
-from pipelines.shards import OK, Mode, RowError, ShardTask
+from pipelines.shard_runs import Mode, ShardTask
+from pipelines.shards import FAILED, OK, RowError
 from pipelines.storage import StorageConfig
 
 COLUMNS = ("videoid", "contentUrl", "duration", "page_dir", "name")
@@ -209,7 +210,7 @@ def sample_members(row: dict, video: Path, info: media.VideoInfo, max_words: int
 def process_row(row: dict, cfg: WebVidIngestConfig, limiter: Limiter, spool: Path, gate) -> RowResult:
     """Download, validate and (optionally) transcode one row; failures become a RowResult."""
     t0 = time.monotonic()
-    result = RowResult(status="failed")
+    result = RowResult(status=FAILED)
     try:
         if row["category"]:
             raise RowError(row["category"], row["error"])
@@ -281,12 +282,12 @@ def process_shard(task: ShardTask, cfg: WebVidIngestConfig, limiter: Limiter) ->
 # ---------------------------------------------------------------------------------- run
 
 
-def run(cfg: WebVidIngestConfig) -> shards.RunSummary:
+def run(cfg: WebVidIngestConfig) -> shard_runs.RunSummary:
     """Read the CSVs, plan the shards for `cfg.mode`, write them on Ray, summarise."""
     t0 = time.monotonic()
     inputs = [] if cfg.mode == Mode.RETRY_FAILED else csv_uris(cfg.csvs, cfg.storage)
     rows = read_rows(inputs, cfg.storage) if inputs else None
-    tasks = shards.plan(cfg.out, rows, cfg.mode, cfg.samples_per_shard, inputs, cfg.storage)
+    tasks = shard_runs.plan(cfg.out, rows, cfg.mode, cfg.samples_per_shard, inputs, cfg.storage)
     stats, failures = [], {}
     if tasks:
         ingest.init_ray()
@@ -300,4 +301,4 @@ def run(cfg: WebVidIngestConfig) -> shards.RunSummary:
                 progress=cfg.progress,
                 desc=f"webvid {cfg.mode.value}",
             )
-    return shards.finish_run(cfg.out, cfg.mode, stats, time.monotonic() - t0, cfg.storage, failures)
+    return shard_runs.finish_run(cfg.out, cfg.mode, stats, time.monotonic() - t0, cfg.storage, failures)

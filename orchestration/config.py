@@ -27,6 +27,7 @@ T = TypeVar("T")
 # configs/<kind>/*.yaml -> "module:Class". Imported lazily so `vllama --help` stays fast.
 CONFIG_KINDS: dict[str, str] = {
     "sample_data": "pipelines.sample_data:SampleDataConfig",
+    "ingest_webvid": "pipelines.sources.webvid:WebVidIngestConfig",
 }
 
 _SECRET_NAME = re.compile(r"(secret|password|token|access_key|credential)", re.IGNORECASE)

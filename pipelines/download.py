@@ -63,6 +63,7 @@ class DownloadConfig:
     # Accepted Content-Type prefixes; a missing type is accepted and left to ffprobe.
     content_types: tuple[str, ...] = ("video/", "application/octet-stream", "binary/octet-stream", "application/mp4")
     user_agent: str = "vllama-ingest/0.1 (research dataset download; respects Retry-After)"
+    ca_bundle: str | None = None  # PEM file of extra trusted CAs (an internal mirror); None: the system store
 
     def __post_init__(self):
         for net in self.allow_networks:
@@ -84,8 +85,12 @@ class DownloadConfig:
 
 
 class FetchError(RowError):
-    def __init__(self, category: str, message: str, retry_after: float | None = None, retryable: bool | None = None):
+    def __init__(
+        self, category: str, message: str, retry_after: float | None = None, retryable: bool | None = None,
+        domain: str = "",
+    ):  # fmt: skip
         super().__init__(category, message)
+        self.domain = domain  # the host that answered (after redirects), for Retry-After pauses
         self.attempts = 1  # set by `fetch` to the attempts made before giving up
         self.retry_after = retry_after
         self.retryable = category in RETRYABLE if retryable is None else retryable
@@ -242,7 +247,7 @@ def fetch(
                 raise final from None
             if e.retry_after is not None:
                 wait = min(e.retry_after, cfg.retry_after_max_s)
-                limiter.pause(domain_of(url), wait)  # every worker holds off this domain, not just this one
+                limiter.pause(e.domain or domain_of(url), wait)  # every worker holds off that host, not just this one
             else:
                 wait = random.uniform(0, min(cfg.backoff_max_s, cfg.backoff_s * 2 ** (attempt - 1)))
             time.sleep(wait)
@@ -273,6 +278,7 @@ def _pool(scheme: str, host: str, ip: str, port: int, cfg: DownloadConfig) -> ur
             server_hostname=host,
             assert_hostname=host,
             cert_reqs="CERT_REQUIRED",
+            ca_certs=cfg.ca_bundle,
         )
     return urllib3.HTTPConnectionPool(ip, port, timeout=timeout, retries=False)
 
@@ -330,13 +336,10 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
 
 def _check_response(url: str, resp, cfg: DownloadConfig) -> None:
     status = resp.status
-    if status == 429:
+    if status == 429 or status >= 500:  # a 503 may also say when to come back
         after = retry_after_seconds(resp.headers.get("Retry-After"))
-        raise FetchError("http_429", f"{url}: HTTP 429 Too Many Requests", retry_after=after)
-    if status >= 500:
-        raise FetchError(
-            "http_5xx", f"{url}: HTTP {status}", retry_after=retry_after_seconds(resp.headers.get("Retry-After"))
-        )
+        category, reason = ("http_429", " Too Many Requests") if status == 429 else ("http_5xx", "")
+        raise FetchError(category, f"{url}: HTTP {status}{reason}", retry_after=after, domain=domain_of(url))
     if status >= 400:
         raise FetchError("http_4xx", f"{url}: HTTP {status}")
     if status != 200:  # a redirect without Location, 204, 206...: nothing usable

@@ -211,15 +211,14 @@ def process_row(row: dict, cfg: WebVidIngestConfig, limiter: Limiter, spool: Pat
     """Download, validate and (optionally) transcode one row; failures become a RowResult."""
     t0 = time.monotonic()
     result = RowResult(status=FAILED)
+    src = video = spool / f"{row['key']}.src"
     try:
         if row["category"]:
             raise RowError(row["category"], row["error"])
-        src = spool / f"{row['key']}.src"
         fetched = download.fetch(row["contentUrl"], src, cfg.download, limiter, cfg.storage)
         result.attempts, result.fetched = fetched.attempts, fetched.bytes
         with gate:  # ffmpeg is CPU-bound: at most ffmpeg_per_shard at once in this task
             info = media.probe_video(src, cfg.transcode.timeout_s)
-            video = src
             if cfg.transcode.enabled:
                 video = spool / f"{row['key']}.mp4"
                 media.transcode(src, video, info, cfg.transcode)
@@ -235,7 +234,10 @@ def process_row(row: dict, cfg: WebVidIngestConfig, limiter: Limiter, spool: Pat
     except RowError as e:
         result.category, result.error = e.category, str(e)
     except Exception as e:  # one bad row never kills the shard
-        result.category, result.error = "internal_error", f"{type(e).__name__}: {e}"
+        result.category, result.error = "internal_error", f"{row['source']}: {type(e).__name__}: {e}"
+    finally:  # the spool holds at most one file per row: the one that goes into the tar
+        if result.members is None or video != src:
+            src.unlink(missing_ok=True)
     result.seconds = round(time.monotonic() - t0, 3)
     return result
 
@@ -266,9 +268,10 @@ def process_shard(task: ShardTask, cfg: WebVidIngestConfig, limiter: Limiter) ->
     try:
         gate = threading.Semaphore(cfg.ffmpeg_per_shard)
         step = functools.partial(process_row, cfg=cfg, limiter=limiter, spool=spool, gate=gate)
+        rows = task.rows.to_pylist()
         with ThreadPoolExecutor(cfg.download_threads, thread_name_prefix="fetch") as pool:
-            results = list(pool.map(step, task.rows.to_pylist()))
-        samples = [(row["key"], r.members) for row, r in zip(task.rows.to_pylist(), results, strict=True) if r.members]
+            results = list(pool.map(step, rows))
+        samples = [(row["key"], r.members) for row, r in zip(rows, results, strict=True) if r.members]
         counters = {
             "fetched_bytes": sum(r.fetched for r in results),
             "sample_bytes": sum(Path(r.members["mp4"]).stat().st_size for r in results if r.members),

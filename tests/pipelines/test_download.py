@@ -3,6 +3,7 @@ Retry-After, per-domain limits, address checks."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -228,3 +229,63 @@ def test_s3_objects(s3_bucket, sample_data, video, tmp_path):
     assert _fails(f"{s3_bucket}/v/missing.mp4", tmp_path).category == "http_4xx"
     small = DownloadConfig(max_bytes=100)
     assert _fails(f"{s3_bucket}/v/{video.id}.mp4", tmp_path, small).category == "too_large"
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for `localhost` and its key, as PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert_pem, key_pem = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))  # fmt: skip
+    return cert_pem, key_pem
+
+
+def test_https_verifies_the_certificate_for_the_hostname(sample_data, video, tmp_path):
+    """The connection goes to the checked IP, yet TLS still checks the certificate against the URL's host."""
+    cert, key = _self_signed(tmp_path)
+    body = Path(sample_data.path(video.file)).read_bytes()
+
+    class Files(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Files)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        trusted = DownloadConfig(allow_networks=LOOPBACK, ca_bundle=str(cert), retries=0)
+        got = _fetch(f"https://localhost:{port}/v.mp4", tmp_path, trusted)
+        assert got.bytes == len(body) and (tmp_path / "dl").read_bytes() == body
+        untrusted = DownloadConfig(allow_networks=LOOPBACK, retries=0)
+        err = _fails(f"https://localhost:{port}/v.mp4", tmp_path, untrusted)
+        assert err.category == "connection_error" and "CERTIFICATE_VERIFY_FAILED" in str(err)
+        wrong_name = _fails(f"https://127.0.0.1:{port}/v.mp4", tmp_path, trusted)  # the cert names localhost only
+        assert wrong_name.category == "connection_error"
+    finally:
+        server.shutdown()
+        server.server_close()

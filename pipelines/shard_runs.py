@@ -200,12 +200,17 @@ class RunSummary:
     def text(self) -> str:
         """A few lines for the terminal."""
         cats = ", ".join(f"{k} {v}" for k, v in sorted(self.categories.items(), key=lambda kv: -kv[1]))
+        dataset = (
+            f"  dataset: {self.dataset.get('samples', 0)} samples in {self.dataset.get('shards', 0)} complete shards"
+        )
+        if not self.rows and not self.shards_failed:
+            return f"{self.mode} run into {self.out}: nothing to do\n{dataset}"
         lines = [
             f"{self.mode} run into {self.out}: {self.rows} rows in {len(self.shards_written)} shards, "
             f"{self.ok} ok / {self.failed} failed ({100 * self.success_rate:.1f}% success) in {self.seconds:.1f} s",
             f"  {self.samples_per_s:.2f} samples/s, {self.mb_per_s:.2f} MB/s fetched",
             f"  categories: {cats or 'none'}",
-            f"  dataset: {self.dataset.get('samples', 0)} samples in {self.dataset.get('shards', 0)} complete shards",
+            dataset,
         ]
         if self.shards_failed:
             lines.append(f"  shards without a marker (re-run incrementally): {sorted(self.shards_failed)}")

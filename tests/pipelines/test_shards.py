@@ -163,6 +163,11 @@ def test_finish_run_summarises_and_writes_json(tmp_path):
     doc = json.loads((tmp_path / "_summary.json").read_text())
     assert doc["ok"] == 3 and (tmp_path / "_runs" / f"{summary.run_id}.json").exists()
     assert "75.0% success" in summary.text() and "[5]" in summary.text()
+    idle = shard_runs.finish_run(out, "incremental", [], 0.1)
+    assert idle.text().splitlines() == [
+        f"incremental run into {out}: nothing to do",
+        "  dataset: 3 samples in 2 complete shards",
+    ]
 
 
 def test_shards_on_s3_read_back_with_webdataset(s3_bucket):

@@ -207,7 +207,9 @@ def test_killed_run_resumes_to_identical_shards(ray_local, sample_data, tmp_path
     root = Path(sample_data.root)
     with MediaServer(root, latency=0.4) as server:
         csv = _csv(sample_data, str(tmp_path / "w.csv"), server)
-        common = {"samples_per_shard": 2, "transcode": {"enabled": True}, "download": {"per_domain_limit": 1}}
+        (tmp_path / "spool").mkdir()  # killed workers leave their scratch behind: keep it in tmp_path
+        common = {"samples_per_shard": 2, "transcode": {"enabled": True}, "download": {"per_domain_limit": 1},
+                  "spool_dir": str(tmp_path / "spool")}  # fmt: skip
         reference = str(tmp_path / "reference")
         webvid.run(_cfg(csv, reference, **common))
 

@@ -15,6 +15,7 @@ Files are read with `torch.load(weights_only=True)`: a file that needs pickle to
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -101,10 +102,13 @@ def check_layout(path: str, tensors: Mapping[str, torch.Tensor], layout: Shapes,
         for k in layout
         if k in tensors and tuple(tensors[k].shape) != layout[k]
     ]
-    for problem, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)):
-        if keys:
-            more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
-            raise CheckpointError(f"{path}: {problem}: {', '.join(keys[:5])}{more}; is this the right file and size?")
+    problems = [
+        f"{problem}: {', '.join(keys[:5])}" + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+        for problem, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong))
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(f"{path}: {'; '.join(problems)}. Is this the right file for this encoder size?")
     report.used = list(layout)
     return report
 
@@ -352,7 +356,7 @@ def _unused_extras(kind: str, width: int) -> Shapes:
 
 def save_random_eva_vit(path: str | Path, cfg: ImageEncoderConfig, seed: int = 0) -> Path:
     """eva_vit_g.pth layout, one block deeper than used (EVA-CLIP-g has 40 blocks, Video-LLaMA uses 39)."""
-    deeper = eva_vit_layout(ImageEncoderConfig(**{**cfg.__dict__, "vit_depth": cfg.vit_depth + 1}))
+    deeper = eva_vit_layout(dataclasses.replace(cfg, vit_depth=cfg.vit_depth + 1))
     return _save(path, _random_tensors(deeper, torch.Generator().manual_seed(seed)))
 
 

@@ -5,8 +5,10 @@ One object, loaded once per worker:
   ImageBind vision embeddings (B, D), the VL and AL training features of a frame.
 - `encode_audio`: fbank clips (B, 8, 1, 128, 204) -> ImageBind audio embeddings (B, 8, D).
 
-Precision: parameters stay fp32 and a bf16/fp16 `dtype` runs the forward under autocast, as Video-LLaMA
-does (its ViT runs under fp16 autocast; LayerNorms and ln_vision stay fp32). Outputs are fp32.
+Precision: a bf16/fp16 `dtype` runs the forward under autocast, as Video-LLaMA runs its encoders under
+fp16 autocast (its ViT's Linear/Conv weights are also stored in fp16; autocast casts fp32 weights to the
+same values per op, so parameters stay fp32 here at the cost of 2 bytes per parameter more memory).
+LayerNorms, ln_vision and the L2 normalisation run in fp32. Outputs are fp32.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from orchestration.config import ConfigError
 
 COMMANDS = [
     "sample_data",
+    "convert",
 ]
 
 

@@ -40,10 +40,8 @@ def qformer_config(q: QFormerSize) -> Blip2QFormerConfig:
 
 
 def _query_tokens(q: QFormerSize) -> nn.Parameter:
-    tokens = torch.zeros(1, q.num_query_tokens, q.hidden)
-    if tokens.device.type != "meta":
-        tokens.normal_(mean=0.0, std=q.initializer_range)  # as the original's `init_video_Qformer`
-    return nn.Parameter(tokens)
+    # N(0, 0.02) as the original's `init_video_Qformer`
+    return nn.Parameter(torch.zeros(1, q.num_query_tokens, q.hidden).normal_(mean=0.0, std=q.initializer_range))
 
 
 def _key_mask(mask: torch.Tensor | None, batch: int, steps: int, repeat: int, device) -> torch.Tensor:

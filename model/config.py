@@ -15,7 +15,6 @@ Sources cited below:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 
@@ -37,7 +36,8 @@ class QFormerSize:
     def __post_init__(self):
         if self.hidden % self.heads:
             raise ValueError(f"Q-Former hidden {self.hidden} must be a multiple of heads {self.heads}")
-        if min(self.hidden, self.layers, self.heads, self.intermediate, self.num_query_tokens) < 1:
+        sizes = (self.hidden, self.layers, self.heads, self.intermediate, self.num_query_tokens, self.max_positions)
+        if min(sizes) < 1:
             raise ValueError(f"Q-Former sizes must be positive: {self}")
 
 
@@ -68,13 +68,6 @@ class ModelSize:
     al: QFormerSize
     llm: LlmSize
 
-    def __post_init__(self):
-        if self.vl.max_positions < 1 or self.al.max_positions < 1:
-            raise ValueError(f"{self.name}: position tables need at least one row")
-
-    def replace(self, **changes) -> ModelSize:
-        return dataclasses.replace(self, **changes)
-
 
 def _video_qformer(width: int) -> QFormerSize:
     # [VL] + [BERT]: 2 layers of bert-base, cross-attention every layer, 32 queries over 32 frame positions.
@@ -101,9 +94,11 @@ LLAMA2_13B = LlmSize(
     rms_norm_eps=1e-5,
 )  # fmt: skip
 
-# Tiny: for tests and the demo. Widths are the other half's tiny encoders (image Q-Former H = 64,
-# ImageBind D = 64); the LLM is small enough to train on caption text on a laptop CPU.
-# `vocab_size` is what `model.tiny.build_tokenizer()` produces (it checks this number).
+# Tiny: for tests and the demo, chosen (not published). Encoder widths are the tiny frozen
+# encoders' outputs (image Q-Former H = 64, ImageBind D = 64); Q-Former FFN = 4 x hidden as BERT;
+# LLM FFN 344 = 8/3 x 128 rounded up to a multiple of 8, LLaMA's SwiGLU rule; small enough to
+# train on caption text on a CPU. `vocab_size` is what `model.tiny.build_tokenizer()` produces
+# (it checks this number): 4 specials + 256 bytes + 380 learnt pieces.
 TINY_LLM = LlmSize(
     hidden=128, layers=2, heads=4, kv_heads=4, intermediate=344, vocab_size=640, max_positions=512, rms_norm_eps=1e-5
 )

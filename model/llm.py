@@ -154,7 +154,8 @@ class FrozenLlama(nn.Module):
         embeds = self.embed(input_ids, media)
         options = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, num_beams=1)
         if do_sample:
-            options.update(temperature=temperature, top_p=top_p, top_k=0)
+            # top_k 50 is transformers' default, which the original's chat sampled with alongside top_p.
+            options.update(temperature=temperature, top_p=top_p, top_k=50)
         if stop_strings:
             options.update(stop_strings=list(stop_strings), tokenizer=self.tokenizer)
         devices = [embeds.device] if embeds.device.type == "cuda" else []

@@ -68,6 +68,8 @@ def clean_caption(caption: str, max_words: int = 50) -> str:
 
 def media_block(kind: str, n: int, placeholder: str = IMAGE_PLACEHOLDER) -> str:
     """`<Video>` + n placeholders + `</Video>` (kind video/image/audio); 32 for the VL branch, 8 for AL."""
+    if kind not in MEDIA_TAGS:
+        raise ValueError(f"unknown media kind {kind!r}; known: {', '.join(MEDIA_TAGS)}")
     tag = MEDIA_TAGS[kind]
     return f"<{tag}>{placeholder * n}</{tag}>"
 
@@ -101,29 +103,33 @@ def _human_turn(tokenizer: PreTrainedTokenizerBase, tpl: Template, i: int, messa
     return bos + _ids(tokenizer, (tpl.first_turn if i == 0 else tpl.next_turn).format(message))
 
 
-def conversation_sample(
-    tokenizer: PreTrainedTokenizerBase,
-    turns: Sequence[tuple[str, str]],
-    template_name: str,
-    max_len: int = 512,
-) -> Sample:
-    """Stage 2: [BOS] + for each (question, answer): masked human turn, supervised answer + end_sym.
-
-    Cut to `max_len` tokens; a cut through the media placeholders is an error (the features
-    would not fit), so raise `max_len` or shorten the conversation."""
-    if not turns:
-        raise ValueError("a conversation needs at least one (question, answer) turn")
-    tpl = template(template_name)
+def _dialogue(tokenizer: PreTrainedTokenizerBase, tpl: Template, turns: Sequence[tuple[str, str]]) -> Sample:
+    """[BOS] + for each (question, answer): masked human turn, supervised answer + end_sym."""
     ids, labels = [tokenizer.bos_token_id], [IGNORE_INDEX]
     for i, (question, answer) in enumerate(turns):
         human = _human_turn(tokenizer, tpl, i, question)
         reply = _ids(tokenizer, answer + tpl.end_sym)  # answer and end symbol together, as the original
         ids += human + reply
         labels += [IGNORE_INDEX] * len(human) + reply
+    return Sample(ids, labels)
+
+
+def conversation_sample(
+    tokenizer: PreTrainedTokenizerBase,
+    turns: Sequence[tuple[str, str]],
+    template_name: str,
+    max_len: int = 512,
+) -> Sample:
+    """Stage 2: the whole conversation, cut to `max_len` tokens. A cut through the media
+    placeholders is an error (the features would not fit): raise `max_len` or shorten it."""
+    if not turns:
+        raise ValueError("a conversation needs at least one (question, answer) turn")
+    sample = _dialogue(tokenizer, template(template_name), turns)
     placeholders = {tokenizer.convert_tokens_to_ids(p) for p in (IMAGE_PLACEHOLDER, AUDIO_PLACEHOLDER)}
-    if sum(t in placeholders for t in ids[max_len:]):
-        raise ValueError(f"conversation of {len(ids)} tokens cut at max_len={max_len} splits its media placeholders")
-    return Sample(ids[:max_len], labels[:max_len])
+    if any(t in placeholders for t in sample.input_ids[max_len:]):
+        n = len(sample.input_ids)
+        raise ValueError(f"conversation of {n} tokens cut at max_len={max_len} splits its media placeholders")
+    return Sample(sample.input_ids[:max_len], sample.labels[:max_len])
 
 
 def generation_prompt(
@@ -134,9 +140,7 @@ def generation_prompt(
 ) -> list[int]:
     """Token ids that end where the assistant's answer begins (earlier turns given as history)."""
     tpl = template(template_name)
-    ids = conversation_sample(tokenizer, history, template_name, max_len=10**9).input_ids if history else []
-    ids = ids or [tokenizer.bos_token_id]
-    return ids + _human_turn(tokenizer, tpl, len(history), question)
+    return _dialogue(tokenizer, tpl, history).input_ids + _human_turn(tokenizer, tpl, len(history), question)
 
 
 def collate(samples: Sequence[Sample], pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:

@@ -60,8 +60,8 @@ class LlmSize:
 @dataclass(frozen=True)
 class ModelSize:
     name: str
-    # The frozen encoders, by the name their own module knows them by (model/image_encoder.py,
-    # model/imagebind.py). Their output widths are `vl.encoder_width` and `al.encoder_width`.
+    # The frozen encoders, by their keys in model/image_encoder.py `IMAGE_ENCODER_SIZES` and
+    # model/imagebind.py `IMAGEBIND_SIZES`. Their output widths are `vl.encoder_width` / `al.encoder_width`.
     image_encoder: str
     imagebind: str
     vl: QFormerSize
@@ -116,7 +116,7 @@ SIZES: dict[str, ModelSize] = {
     "7b": ModelSize(
         name="7b",
         image_encoder="eva_vit_g",  # [ENC] EVA ViT-g/14 + BLIP-2 Q-Former -> 768
-        imagebind="imagebind_huge",  # [ENC] -> 1024
+        imagebind="huge",  # [ENC] ImageBind-Huge -> 1024
         vl=_video_qformer(768),
         al=_audio_qformer(1024),
         llm=LLAMA2_7B,
@@ -124,7 +124,7 @@ SIZES: dict[str, ModelSize] = {
     "13b": ModelSize(
         name="13b",
         image_encoder="eva_vit_g",
-        imagebind="imagebind_huge",
+        imagebind="huge",
         vl=_video_qformer(768),
         al=_audio_qformer(1024),
         llm=LLAMA2_13B,

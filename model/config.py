@@ -98,9 +98,9 @@ LLAMA2_13B = LlmSize(
 # encoders' outputs (image Q-Former H = 64, ImageBind D = 64); Q-Former FFN = 4 x hidden as BERT;
 # LLM FFN 344 = 8/3 x 128 rounded up to a multiple of 8, LLaMA's SwiGLU rule; small enough to
 # train on caption text on a CPU. `vocab_size` is what `model.tiny.build_tokenizer()` produces
-# (it checks this number): 4 specials + 256 bytes + 380 learnt pieces.
+# (it checks this number): 4 specials + 256 bytes + 508 learnt pieces.
 TINY_LLM = LlmSize(
-    hidden=128, layers=2, heads=4, kv_heads=4, intermediate=344, vocab_size=640, max_positions=512, rms_norm_eps=1e-5
+    hidden=128, layers=2, heads=4, kv_heads=4, intermediate=344, vocab_size=768, max_positions=512, rms_norm_eps=1e-5
 )
 _TINY_QFORMER = dict(hidden=64, layers=2, heads=4, intermediate=256, encoder_width=64)
 

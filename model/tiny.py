@@ -29,10 +29,15 @@ BYTE_TOKENS = tuple(f"<0x{i:02X}>" for i in range(256))
 # What the sample data's captions and conversations say (colours, shapes, motions, tones),
 # plus the question words and template markers, so common words are single tokens.
 _WORD_TEXT = (
-    "red green blue yellow purple orange white black pink cyan gray grey brown "
-    "circle square triangle shape shapes left right up down a an moves moving move to the on in of and with "
-    "background tone rising falling sound audio video image picture clip frame frames what colour color is which "
-    "direction describe this that it there does do you see hear please detail answer question yes no "
+    # colours, shapes, motion and sound of the generated samples (pipelines/sample_media.py)
+    "red green blue yellow purple orange white black pink cyan gray grey brown circle square triangle shape shapes "
+    "left right up down moves moving move across way rising falling rises falls tone pitch plays steadily sound "
+    "background plain only object picture image video audio clip frame frames "
+    # captions, questions and answers of every sample format (pipelines/sample_formats.py)
+    "a an the to on in of and with is it its this that there no yes what which color colour does do you see hear "
+    "shows shown describe description brief briefly detail detailed concisely concise summarize visual content "
+    "give given provide provided short clear explanation subsequent share interpretation following happens explain "
+    "can be seen heard please answer question "
     "zero one two three four five six seven eight nine"
 )
 WORDS = _WORD_TEXT.split()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -44,6 +46,34 @@ def test_tiny_tokenizer_covers_the_sample_vocabulary_and_is_reproducible():
         encoded = tok(text, add_special_tokens=False).input_ids
         assert tok.unk_token_id not in encoded  # byte fallback: nothing is unknown
         assert tok.decode(encoded) == text
+
+
+def sample_data_texts() -> list[str]:
+    """Every caption, question and answer the sample-data generator writes (text only, no media)."""
+    from pipelines import sample_formats
+    from pipelines.sample_plan import plan
+
+    samples = plan(seed=0, videos=24, images=16, val_fraction=0.25)
+    videos = [s for s in samples if s.kind == "video"]
+    images = [s for s in samples if s.kind == "image"]
+    texts = [s.caption for s in samples]
+    texts += [a["caption"] for a in sample_formats.cc_sbu_align(images)["annotations"]]
+    for item in sample_formats.llava_cc3m_chat(images) + sample_formats.llava_instruct(images):
+        texts += [turn["value"].replace("<image>", "").strip() for turn in item["conversations"]]
+    texts += [text for item in sample_formats.videochat(videos) for qa in item["QA"] for text in (qa["q"], qa["a"])]
+    return texts
+
+
+def test_tiny_tokenizer_covers_the_sample_data_text():
+    tok = build_tokenizer()
+    texts = sample_data_texts()
+    words = {w for text in texts for w in re.findall(r"\b[a-z]+\b", text)}
+    assert {"red", "circle", "moves", "left", "background", "tone", "pitch", "rises"} <= words  # the real texts
+    for word in sorted(words):
+        assert tok.tokenize(f"a {word}")[1:] == [f"▁{word}"], word  # every lowercase word is one token
+    for text in texts:
+        encoded = tok(text, add_special_tokens=False).input_ids
+        assert tok.unk_token_id not in encoded and tok.decode(encoded) == text, text
 
 
 def test_placeholders_are_spliced_in_order_without_resizing(llm):

@@ -17,10 +17,8 @@ TINY_AL = al_keys(128, hidden=64, encoder_width=64, ffn=256)
 
 
 @pytest.fixture
-def vllama(monkeypatch):
-    """The real `vllama` entry point with only this command registered: other subcommands are
-    tested in their own files and need not be importable here."""
-    monkeypatch.setattr(cli, "COMMANDS", ["convert"])
+def vllama():
+    """The real `vllama` entry point (argv in, exit code out)."""
     return cli.main
 
 

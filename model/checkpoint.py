@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
+from torch import nn
 
 from model.branches import BRANCHES, build_branches
 from model.config import SIZES, ModelSize
@@ -166,6 +167,8 @@ def import_reference(
 def export_reference(state: Mapping[str, torch.Tensor], size: ModelSize, wrap: bool = True) -> dict:
     """Our branch state dict -> the released layout (`{'model': ...}` unless `wrap=False`)."""
     present = tuple(b for b in BRANCHES if any(k.startswith(f"{b}.") for k in state))
+    if not present:
+        raise CheckpointError("nothing to export: no 'vl.' or 'al.' tensors in the branch state")
     expected = {ours: shape for ours, shape in key_table(size, present).values()}
     unknown = [k for k in state if k not in expected]
     missing = [k for k in expected if k not in state]
@@ -177,6 +180,18 @@ def export_reference(state: Mapping[str, torch.Tensor], size: ModelSize, wrap: b
     _raise_problems("<branch state>", size, unknown=unknown, missing=missing, wrong=wrong)
     out = {reference_name(k): v.detach().contiguous() for k, v in state.items()}
     return {"model": out} if wrap else out
+
+
+def load_into(branches: nn.ModuleDict, state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Load imported tensors into the model's branches: each branch the state has is loaded whole
+    (strict), the others are left as they are (a VL file into a VL+AL model). Returns the branches."""
+    names = sorted({k.partition(".")[0] for k in state})
+    absent = [n for n in names if n not in branches]
+    if absent:
+        raise CheckpointError(f"the checkpoint has branches {absent} that this model lacks (it has {list(branches)})")
+    for name in names:
+        branches[name].load_state_dict({k.partition(".")[2]: v for k, v in state.items() if k.startswith(f"{name}.")})
+    return names
 
 
 def save_branches(state: Mapping[str, torch.Tensor], size: ModelSize) -> bytes:

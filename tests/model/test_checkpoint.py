@@ -15,6 +15,7 @@ from model.checkpoint import (
     export_reference,
     import_reference,
     load_branches,
+    load_into,
     read_torch_file,
     save_branches,
 )
@@ -73,6 +74,21 @@ def test_released_file_imports_and_reexports_bit_identically(released, branch, w
     back, size = load_branches(save_branches(ours, SIZE_7B), "ours.safetensors")
     assert size is SIZE_7B
     assert_bit_identical(export_reference(back, SIZE_7B, wrap=False), trained)
+
+
+def test_one_branch_file_loads_into_a_two_branch_model(released):
+    ours, _ = import_reference(released["al"], SIZE_7B)
+    with torch.device("meta"):
+        model = build_branches(SIZE_7B)
+    model = model.to_empty(device="cpu")
+    for p in model.parameters():
+        p.data.fill_(0.5)  # to_empty leaves arbitrary memory; give it known values
+    vl_before = {k: v.clone() for k, v in model["vl"].state_dict().items()}
+    assert load_into(model, ours) == ["al"]
+    assert torch.equal(model["al"].audio_llama_proj.weight, released["al"]["audio_llama_proj.weight"])
+    assert all(torch.equal(v, vl_before[k]) for k, v in model["vl"].state_dict().items())  # untouched
+    with pytest.raises(CheckpointError, match=r"branches \['al'\] that this model lacks"):
+        load_into(build_branches(SIZES["tiny"], ("vl",)), {"al.audio_query_tokens": torch.zeros(1)})
 
 
 def test_both_branches_in_one_file(released):

@@ -12,8 +12,8 @@ features, never pixels:
     }
 
 VL outputs go to the `<ImageHere>` positions, AL outputs to `<AudioHere>`; a batch may carry
-either or both. For generation from raw media, pass a frozen-encoder stack (`FrozenEncoders`,
-built in model/image_encoder.py + model/imagebind.py); it is used, never trained or saved here.
+either or both. For generation from raw media, pass the frozen-encoder stack
+(`model.frozen_encoders.FrozenEncoders`); it is used, never trained or saved here.
 
 For DeepSpeed: `model.branches` (an `nn.ModuleDict`) is everything trainable, so the optimizer
 gets `model.trainable_parameters()` and checkpoints hold `model.trainable_state_dict()`; the LLM
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -35,18 +35,8 @@ from model.llm import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, FrozenLlama
 from model.text import Sample as TextSample
 from model.text import collate, generation_prompt, media_block, template
 
-
-class FrozenEncoders(Protocol):
-    """The frozen encoder stack (the other half of the model): raw media -> store features."""
-
-    def image_features(self, frames: torch.Tensor) -> torch.Tensor:
-        """(T, 3, 224, 224) normalised frames -> (T, 32, H) image Q-Former outputs."""
-
-    def imagebind_vision(self, frames: torch.Tensor) -> torch.Tensor:
-        """(T, 3, 224, 224) -> (T, D) ImageBind vision embeddings."""
-
-    def imagebind_audio(self, fbank: torch.Tensor) -> torch.Tensor:
-        """(8, 1, 128, 204) fbank clips -> (8, D) ImageBind audio embeddings."""
+if TYPE_CHECKING:  # the frozen stack is optional here; training reads features from the store
+    from model.frozen_encoders import FrozenEncoders
 
 
 @dataclass(frozen=True)
@@ -141,7 +131,7 @@ class VideoLLaMA(nn.Module):
             frames = video if video is not None else image.unsqueeze(0)  # an image is a 1-frame video
             media.update(self._encode_frames(frames, "video" if video is not None else "image"))
         if audio is not None:
-            media["al"] = (self._encoders().imagebind_audio(audio), "audio")
+            media["al"] = (self._encoders().encode_audio(audio.unsqueeze(0))[0], "audio")  # (8, D)
         if vl_features is not None:
             media["vl"] = (vl_features, "video" if vl_features.shape[-3] > 1 else "image")
         if al_features is not None:
@@ -159,9 +149,8 @@ class VideoLLaMA(nn.Module):
     def _encode_frames(self, frames: torch.Tensor, kind: str) -> dict[str, tuple[torch.Tensor, str]]:
         """Frames go through the image path to the VL branch; an AL-only model reads them through
         ImageBind vision instead, as AL training does."""
-        if "vl" in self.branches:
-            return {"vl": (self._encoders().image_features(frames), kind)}  # (T, 32, H)
-        return {"al": (self._encoders().imagebind_vision(frames), kind)}  # (T, D)
+        qformer, vision = self._encoders().encode_frames(frames)  # (T, 32, H), (T, D)
+        return {"vl": (qformer, kind)} if "vl" in self.branches else {"al": (vision, kind)}
 
     def _generate(self, prompt, media, template_name, history, **options) -> Reply:
         tok, tpl = self.llm.tokenizer, template(template_name)

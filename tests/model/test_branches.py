@@ -10,6 +10,8 @@ from harness.videollama_reference import al_keys, param_count, vl_keys
 
 from model.branches import build_branches
 from model.config import SIZES, model_size
+from model.image_encoder import IMAGE_ENCODER_SIZES
+from model.imagebind import IMAGEBIND_SIZES
 
 TINY = SIZES["tiny"]
 
@@ -127,3 +129,11 @@ def test_real_size_parameter_counts_match_the_released_checkpoints(size_name, ll
     assert al.audio_position_embedding.weight.shape == (8, 1024)
     assert al.audio_query_tokens.shape == (1, 8, 768)
     assert vl.video_query_tokens.shape == (1, 32, 768)
+
+
+@pytest.mark.parametrize("size_name", sorted(SIZES))
+def test_branches_read_what_the_named_frozen_encoders_produce(size_name):
+    """The size table names the frozen encoders; their output widths are the branches' input widths."""
+    size = SIZES[size_name]
+    assert IMAGE_ENCODER_SIZES[size.image_encoder].qformer_width == size.vl.encoder_width
+    assert IMAGEBIND_SIZES[size.imagebind].out_dim == size.al.encoder_width

@@ -6,37 +6,24 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import LlamaForCausalLM
 
 from model.config import SIZES
+from model.frozen_encoders import FrozenEncoders, save_random_checkpoints
 from model.llm import AUDIO_PLACEHOLDER, FrozenLlama
 from model.text import caption_sample, collate, conversation_sample, media_block
 from model.tiny import build_tokenizer, llama_config, save_tiny_llama
 from model.video_llama import VideoLLaMA
 
 TINY = SIZES["tiny"]
-H, D = TINY.vl.encoder_width, TINY.al.encoder_width
+H, D = TINY.vl.encoder_width, TINY.al.encoder_width  # the tiny frozen stack's output widths
 
 
-class ProjectionEncoders:
-    """Stands in for the frozen encoder stack (model/image_encoder.py + model/imagebind.py, built
-    elsewhere): fixed projections of mean-pooled pixels with the real stack's output shapes."""
-
-    def __init__(self):
-        g = torch.Generator().manual_seed(0)
-        self.image = torch.randn(3, 32 * H, generator=g)
-        self.vision = torch.randn(3, D, generator=g)
-        self.audio = torch.randn(128, D, generator=g)
-
-    def image_features(self, frames):  # (T, 3, 224, 224) -> (T, 32, H)
-        return (frames.mean(dim=(2, 3)) @ self.image).view(len(frames), 32, H)
-
-    def imagebind_vision(self, frames):  # (T, 3, 224, 224) -> (T, D)
-        return F.normalize(frames.mean(dim=(2, 3)) @ self.vision, dim=-1)
-
-    def imagebind_audio(self, fbank):  # (8, 1, 128, 204) -> (8, D), x20 as ImageBind's audio head
-        return 20 * F.normalize(fbank.mean(dim=(1, 3)) @ self.audio, dim=-1)
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory):
+    """The real frozen stack at tiny size, loaded from random checkpoints in the original layouts."""
+    paths = save_random_checkpoints(tmp_path_factory.mktemp("encoders"))
+    return FrozenEncoders.from_checkpoints(paths, image_size="tiny", imagebind_size="tiny")
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +32,9 @@ def llm(tmp_path_factory):
 
 
 @pytest.fixture
-def model(llm):
+def model(llm, encoders):
     torch.manual_seed(0)
-    return VideoLLaMA(TINY, llm, encoders=ProjectionEncoders())
+    return VideoLLaMA(TINY, llm, encoders=encoders)
 
 
 def stage1_batch(tok, n: int, placeholder: str = "<ImageHere>") -> dict:
@@ -134,20 +121,20 @@ def test_generation_from_raw_media_goes_through_the_encoders(model):
     enc = model.encoders
     kwargs = dict(max_new_tokens=6)
     assert model.generate("q", video=frames, **kwargs) == model.generate(
-        "q", vl_features=enc.image_features(frames), **kwargs
+        "q", vl_features=enc.encode_frames(frames)[0], **kwargs
     )
     assert model.generate("q", image=frames[0], **kwargs) == model.generate(
-        "q", vl_features=enc.image_features(frames[:1]), **kwargs
+        "q", vl_features=enc.encode_frames(frames[:1])[0], **kwargs
     )
     assert model.generate("q", audio=fbank, **kwargs) == model.generate(
-        "q", al_features=enc.imagebind_audio(fbank), **kwargs
+        "q", al_features=enc.encode_audio(fbank[None])[0], **kwargs
     )
 
 
-def test_audio_only_model_reads_video_through_imagebind_vision(llm):
-    model = VideoLLaMA(TINY, llm, branches=["al"], encoders=ProjectionEncoders())
+def test_audio_only_model_reads_video_through_imagebind_vision(llm, encoders):
+    model = VideoLLaMA(TINY, llm, branches=["al"], encoders=encoders)
     frames = torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(3))
-    feats = model.encoders.imagebind_vision(frames)
+    feats = encoders.encode_frames(frames)[1]  # (T, D) ImageBind vision
     expected = model.generate("q", al_features=feats, al_features_from="video", max_new_tokens=6)
     assert model.generate("q", video=frames, max_new_tokens=6) == expected
 

@@ -18,7 +18,7 @@ cpu_node_group = {
   instance_types = ["c6i.8xlarge"]
   capacity_type  = "ON_DEMAND"
   min_size       = 1
-  desired_size   = 2
+  desired_size   = 1 # 1 + the CPU workers of the RayJob you run (README, step 7)
   max_size       = 16
   disk_size_gb   = 200
 }

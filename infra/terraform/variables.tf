@@ -85,7 +85,7 @@ variable "cluster_log_types" {
 }
 
 variable "cpu_node_group" {
-  description = "CPU nodes: Ray heads, ingestion workers (ffmpeg, downloads), MLflow, the KubeRay operator."
+  description = "CPU nodes: Ray heads, ingestion workers (ffmpeg, downloads), MLflow, the KubeRay operator. One node holds the always-on pods; raise desired_size to 1 + the CPU workers a RayJob asks for."
   type = object({
     instance_types = list(string)
     capacity_type  = string # ON_DEMAND or SPOT
@@ -98,7 +98,7 @@ variable "cpu_node_group" {
     instance_types = ["c6i.8xlarge"]
     capacity_type  = "ON_DEMAND"
     min_size       = 1
-    desired_size   = 2
+    desired_size   = 1
     max_size       = 16
     disk_size_gb   = 200
   }

@@ -127,6 +127,14 @@ resource "aws_eks_node_group" "cpu" {
 
   labels = { (local.pool_label_key) = "cpu" }
 
+
+  # Node counts are operated with `aws eks update-nodegroup-config` around each stage (README,
+  # step 7); Terraform sets the bounds and the initial size, and an apply never resizes a pool
+  # under a running job.
+  lifecycle {
+    ignore_changes = [scaling_config[0].desired_size]
+  }
+
   depends_on = [aws_iam_role_policy_attachment.node]
 }
 
@@ -159,6 +167,14 @@ resource "aws_eks_node_group" "gpu" {
     key    = local.gpu_taint.key
     value  = local.gpu_taint.value
     effect = local.gpu_taint.effect
+  }
+
+
+  # Node counts are operated with `aws eks update-nodegroup-config` around each stage (README,
+  # step 7); Terraform sets the bounds and the initial size, and an apply never resizes a pool
+  # under a running job.
+  lifecycle {
+    ignore_changes = [scaling_config[0].desired_size]
   }
 
   depends_on = [aws_iam_role_policy_attachment.node]

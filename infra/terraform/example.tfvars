@@ -18,14 +18,14 @@ cpu_node_group = {
   instance_types = ["c6i.8xlarge"]
   capacity_type  = "ON_DEMAND"
   min_size       = 1
-  desired_size   = 1 # 1 + the CPU workers of the RayJob you run (README, step 7)
+  desired_size   = 1 # initial size; scaled per stage with the AWS CLI (README, step 7)
   max_size       = 16
   disk_size_gb   = 200
 }
 
 # Feature extraction and training: 8 GPUs per node. The reference recipe is one node of
 # 8x A100-80G (p4de.24xlarge); p4d.24xlarge has 8x A100-40G, p5.48xlarge 8x H100-80G.
-# Keep desired_size at 0 until a GPU stage runs, and set it back to 0 afterwards.
+# Start at 0; scale up for a GPU stage and back to 0 afterwards (README, step 7).
 gpu_node_group = {
   instance_types = ["p4d.24xlarge"]
   capacity_type  = "ON_DEMAND" # SPOT is cheaper; RayJobs retry (backoffLimit) and stages resume

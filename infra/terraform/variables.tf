@@ -85,7 +85,7 @@ variable "cluster_log_types" {
 }
 
 variable "cpu_node_group" {
-  description = "CPU nodes: Ray heads, ingestion workers (ffmpeg, downloads), MLflow, the KubeRay operator. One node holds the always-on pods; raise desired_size to 1 + the CPU workers a RayJob asks for."
+  description = "CPU nodes: Ray heads, ingestion workers (ffmpeg, downloads), MLflow, the KubeRay operator. One node holds the always-on pods; desired_size is the initial size only: scale with `aws eks update-nodegroup-config` to 1 + the CPU workers a RayJob asks for."
   type = object({
     instance_types = list(string)
     capacity_type  = string # ON_DEMAND or SPOT
@@ -114,7 +114,7 @@ variable "cpu_node_group" {
 }
 
 variable "gpu_node_group" {
-  description = "GPU nodes for feature extraction and training (8 GPUs each on p4d/p4de/p5). Scale desired_size to 0 between runs to stop paying."
+  description = "GPU nodes for feature extraction and training (8 GPUs each on p4d/p4de/p5). desired_size is the initial size only: scale with `aws eks update-nodegroup-config` around each GPU stage and back to 0 after."
   type = object({
     instance_types = list(string)
     capacity_type  = string # ON_DEMAND or SPOT

@@ -13,6 +13,7 @@ from orchestration.config import ConfigError
 COMMANDS = [
     "sample_data",
     "ingest",
+    "convert",
 ]
 
 

@@ -42,7 +42,7 @@ could not be written (re-run with mode=incremental), 2 for bad input or config."
 WEBVID_EPILOG = """\
 examples:
   vllama ingest webvid --config configs/ingest_webvid/tiny.yaml
-  vllama ingest webvid --config configs/ingest_webvid/webvid_2m.yaml out=s3://bucket/webvid2m
+  vllama ingest webvid --config configs/ingest_webvid/full.yaml out=s3://bucket/shards/webvid
   vllama ingest webvid --config configs/ingest_webvid/tiny.yaml mode=retry-failed
   vllama ingest webvid csv='[a.csv, b.csv]' out=/data/shards transcode.enabled=true download.per_domain_limit=32
 keys: csv, out, mode (incremental | overwrite | retry-failed), samples_per_shard, concurrency,

@@ -75,7 +75,11 @@ class WebVidIngestConfig:
 
 def clean_caption(caption: str, max_words: int = 50) -> str:
     """Video-LLaMA's WebVid caption cleaning (BLIP's `pre_caption`): lowercase, the characters
-    .!"()*#:;~ turned into spaces, whitespace runs collapsed, at most `max_words` words."""
+    .!"()*#:;~ turned into spaces, whitespace runs collapsed, at most `max_words` words.
+
+    The same as `model.text.clean_caption` (a test holds them equal); importing that module here
+    would load torch and transformers into every ingestion worker for one regex.
+    """
     text = re.sub(r"\s{2,}", " ", _PUNCTUATION.sub(" ", caption.lower())).rstrip("\n").strip(" ")
     words = text.split(" ")
     return " ".join(words[:max_words]) if len(words) > max_words else text

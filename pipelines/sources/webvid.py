@@ -17,7 +17,6 @@ import csv
 import functools
 import hashlib
 import json
-import re
 import shutil
 import tempfile
 import threading
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from model.captions import clean_caption  # torch-free: ingestion workers import it for one regex
 from pipelines import download, ingest, media, shard_runs, shards, storage
 from pipelines.config import config_dataclass
 from pipelines.download import DownloadConfig, Limiter
@@ -37,7 +37,6 @@ from pipelines.shards import FAILED, OK, RowError
 from pipelines.storage import StorageConfig
 
 COLUMNS = ("videoid", "contentUrl", "duration", "page_dir", "name")
-_PUNCTUATION = re.compile(r"[.!\"()*#:;~]")  # what BLIP's caption processor blanks out
 
 
 @config_dataclass
@@ -71,18 +70,6 @@ class WebVidIngestConfig:
     @property
     def csvs(self) -> tuple[str, ...]:
         return (self.csv,) if isinstance(self.csv, str) else self.csv
-
-
-def clean_caption(caption: str, max_words: int = 50) -> str:
-    """Video-LLaMA's WebVid caption cleaning (BLIP's `pre_caption`): lowercase, the characters
-    .!"()*#:;~ turned into spaces, whitespace runs collapsed, at most `max_words` words.
-
-    The same as `model.text.clean_caption` (a test holds them equal); importing that module here
-    would load torch and transformers into every ingestion worker for one regex.
-    """
-    text = re.sub(r"\s{2,}", " ", _PUNCTUATION.sub(" ", caption.lower())).rstrip("\n").strip(" ")
-    words = text.split(" ")
-    return " ".join(words[:max_words]) if len(words) > max_words else text
 
 
 # ---------------------------------------------------------------------------------- read

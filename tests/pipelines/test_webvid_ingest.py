@@ -81,18 +81,6 @@ def test_clean_caption_matches_video_llama():
     assert clean_caption("Tab\tand\nnewline.") == "tab\tand\nnewline"
 
 
-def test_clean_caption_agrees_with_the_training_side():
-    """The twin of model.text.clean_caption (pipelines keeps its own to spare every Ray worker the
-    torch/transformers import that model.text brings); the two must never drift apart."""
-    from model.text import clean_caption as model_clean_caption
-
-    captions = ["A Red: circle (moves) LEFT!!  Then #stops; ~fin.", "It's 4 o'clock, isn't it?", "  x  ", "",
-                " ".join(f"Word{i}." for i in range(70)), "Tab\tand\nnewline.", 'Quote "this" * that']  # fmt: skip
-    for caption in captions:
-        for max_words in (50, 3):
-            assert clean_caption(caption, max_words) == model_clean_caption(caption, max_words)
-
-
 def test_csv_missing_a_column_fails_fast(tmp_path):
     path = tmp_path / "webvid.csv"
     path.write_text("videoid,duration,page_dir,name\n1,PT1S,p,x\n")

@@ -1,4 +1,5 @@
 # Two commands a user needs: `make demo` and `make test`. Both build .venv on first use.
+# `make bench` measures against the peers (docs/PERFORMANCE.md).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -28,6 +29,12 @@ test: lint
 
 demo: $(STAMP)
 	$(BIN)/vllama sample-data demo-output/sample-data --config configs/sample_data/demo.yaml
+
+# The runner sets up the rest itself: video2dataset's own venv (benchmarks/.peer-venv, built once),
+# the generated inputs (cached under benchmarks/work/). Then every section, the plots and the doc's
+# tables. BENCH_ARGS="--only ingest_webvid" runs one section; "--quick" checks the machinery.
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

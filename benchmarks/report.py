@@ -1,0 +1,149 @@
+"""Markdown for docs/PERFORMANCE.md: one generated block per section, between markers.
+
+The doc's prose is written by hand; everything between `<!-- results:NAME -->` and
+`<!-- /results:NAME -->` is rewritten on every run from results/NAME.json, so the tables never
+drift from the JSON. A section with no block yet gets one appended at the end of the doc.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+TOOL_NAMES = {"ours": "ours", "peer": "video2dataset", "limit": "limit"}
+LIMIT_NAMES = {"probe": "plain ffprobe", "decode": "plain ffmpeg decode", "transcode": "plain ffmpeg transcode"}
+MODE_LIMITS = {"a": "probe", "decode": "decode", "b": "transcode"}
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
+
+
+def update_doc(doc: Path, blocks: dict[str, str]) -> None:
+    """Replace each named block's contents; append blocks the doc does not have yet."""
+    text = doc.read_text() if doc.exists() else "# Performance\n"
+    for name, body in blocks.items():
+        start, end = _markers(name)
+        fresh = f"{start}\n{body.strip()}\n{end}"
+        found = re.search(re.escape(start) + r".*?" + re.escape(end), text, re.S)
+        if found:
+            text = text[: found.start()] + fresh + text[found.end() :]
+        else:
+            text = text.rstrip() + f"\n\n## {name}\n\n{fresh}\n"
+    doc.write_text(text)
+
+
+def machine_line(result: dict) -> str:
+    m = result.get("machine", {})
+    v = m.get("versions", {})
+    versions = ", ".join(f"{k} {val}" for k, val in v.items() if val)
+    return f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('memory_gib', '?')} GiB; {versions}"
+
+
+def _image(path: Path, doc: Path, alt: str) -> str:
+    return f"![{alt}]({os.path.relpath(path, doc.parent)})"
+
+
+def _rate(summary: dict | None) -> str:
+    if not summary:
+        return "n/a"
+    return f"{summary['videos_per_s']:.1f} ({summary['mb_per_s']:.2f})"
+
+
+def _loads(result: dict) -> tuple[float, float]:
+    loads = [
+        x
+        for mode in result["modes"].values()
+        for tool in mode["series"].values()
+        for s in tool.values()
+        for x in s["load_1m"]
+    ]
+    return min(loads), max(loads)
+
+
+def ingest_webvid(result: dict, results: Path, doc: Path) -> str:
+    plan, modes = result["plan"], result["modes"]
+    low, high = _loads(result)
+    quick = " (quick run: sizes too small to mean anything)" if plan.get("quick") else ""
+    lines = [
+        f"_Measured {result['date']} on {machine_line(result)}. "
+        f"{plan['settings']['processes']} processes for every tool, medians of {plan['runs']} runs"
+        f"{' after a warm-up run' if plan['warmup'] else ''}; 1-minute load average {low:g} to {high:g} during the "
+        f"runs ({result['machine']['cores']} cores: above that, other work shared the CPUs). "
+        f"Total {result['total_s']:.0f} s{quick}._",
+        "",
+        "videos/s (MB/s of source video) per tool; ratios are ours' videos/s over the other's.",
+    ]
+    for name, mode in modes.items():
+        limit = LIMIT_NAMES[MODE_LIMITS[name]]
+        has_peer = "peer" in mode["series"]
+        lines += ["", f"**Mode {name}: {mode['title']}** (limit: {limit})", ""]
+        head = ["videos", "ours"] + (["video2dataset"] if has_peer else []) + [limit]
+        head += (["ours / video2dataset"] if has_peer else []) + ["ours / limit", "load"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for n, ratio in mode["ratios"].items():
+            s = {tool: mode["series"][tool].get(n) for tool in mode["series"]}
+            loads = [x for tool in s.values() for x in tool["load_1m"]]
+            row = [n, _rate(s["ours"])] + ([_rate(s["peer"])] if has_peer else []) + [_rate(s["limit"])]
+            row += ([f"{ratio['ours_over_peer']:.2f}"] if has_peer else []) + [f"{ratio['ours_over_limit']:.2f}"]
+            row += [f"{min(loads):g}-{max(loads):g}"]
+            lines.append("| " + " | ".join(row) + " |")
+        fits = [
+            f"{TOOL_NAMES[t]} {f['fixed_s']:g} s + {f['marginal_videos_per_s']:g} videos/s"
+            for t, f in mode.get("fit", {}).items()
+            if f and f.get("marginal_videos_per_s")
+        ]
+        if fits:
+            lines += ["", f"Per job, fixed cost + marginal rate (least squares over the sizes): {'; '.join(fits)}."]
+    checked = modes.get("b", {}).get("output_check", {})
+    if checked.get("ours") and checked.get("peer"):
+        o, p = checked["ours"], checked["peer"]
+        lines += [
+            "",
+            f"Mode b output, first clip: ours {o['codec']} {o['width']}x{o['height']}, video2dataset "
+            f"{p['codec']} {p['width']}x{p['height']} (same size: {checked['same_size']}).",
+        ]
+    if result.get("peer", {}).get("runtime_patch"):
+        lines += ["", f"Run-time patch in the peer's process (mode b): {result['peer']['runtime_patch']}."]
+    for png, alt in (("ingest_webvid_scaling.png", "videos/s vs videos"), ("ingest_webvid_ratios.png", "ratios")):
+        if (results / png).exists():
+            lines += ["", _image(results / png, doc, alt)]
+    return "\n".join(lines)
+
+
+TABLES: dict[str, Callable[[dict, Path, Path], str]] = {"ingest_webvid": ingest_webvid}
+
+
+def block(section, result: dict | None, status: dict | None, results: Path, doc: Path) -> str:
+    """The generated block of one section: its tables, or why there are none."""
+    if status and status.get("status") != "ok":
+        note = f"_Last run: {status['status']} ({status.get('reason', '')})._"
+        if result is None or status["status"] == "skipped":
+            return note
+    if result is None:
+        return f"_No results yet: run `make bench` ({section.what})._"
+    render = TABLES.get(section.name)
+    if render is None:  # a section without its own renderer yet: point at its JSON
+        rel = os.path.relpath(results / f"{section.name}.json", doc.parent)
+        return f"_Measured {result.get('date', '?')} on {machine_line(result)}. Figures: [{section.name}.json]({rel})._"
+    return render(result, results, doc)
+
+
+def run_block(run: dict) -> str:
+    """The last runner invocation: each section's status and wall time."""
+    if not run:
+        return "_No run recorded yet._"
+    lines = [
+        f"Last `benchmarks.run` ({run['date']}{', quick' if run.get('quick') else ''}): "
+        f"{run.get('total_s', 0):.0f} s for {', '.join(run.get('selected', []))}.",
+        "",
+        "| section | status | seconds | load before / after |",
+        "|---|---|---|---|",
+    ]
+    for name, s in run.get("sections", {}).items():
+        loads = f"{s['load_1m_before']:g} / {s['load_1m_after']:g}" if "load_1m_before" in s else ""
+        status = s["status"] + (f": {s['reason']}" if s.get("reason") else "")
+        lines.append(f"| {name} | {status} | {s.get('seconds', '')} | {loads} |")
+    return "\n".join(lines)

@@ -1,0 +1,130 @@
+"""The benchmark runner, so it cannot silently rot: its arithmetic on fixed numbers, and one
+reduced end-to-end run (`benchmarks.run --quick`) with the real video2dataset in its own venv.
+
+The end-to-end test builds benchmarks/.peer-venv the way `make bench` does (PyPI is reachable in
+CI; with uv's cache warm it takes ~15 s, cold 1-3 min) and reuses it afterwards, then runs every
+contender once at a few videos: the figures mean nothing at that size, the checks do (every tool
+wrote every video, the peer's own stats agree, the JSON's medians and ratios follow from its runs,
+plots and doc tables are regenerated).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import report
+from benchmarks.common import Series
+from benchmarks.ingest_webvid import QUICK as QUICK_PLAN
+from benchmarks.ingest_webvid import fit, mode_b_selected, videos_needed
+from pipelines.sample_plan import plan_video
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_series_summary_is_the_median_of_its_runs():
+    s = Series(videos=100, megabytes=2.0)
+    for seconds, load in ((4.0, 1.5), (2.0, 1.0), (5.0, 3.0)):
+        s.add(seconds, load)
+    doc = s.summary()
+    assert doc["median_s"] == 4.0
+    assert doc["videos_per_s"] == 25.0
+    assert doc["mb_per_s"] == 0.5
+    assert doc["load_1m"] == [1.5, 1.0, 3.0]
+
+
+def test_fit_recovers_fixed_cost_and_marginal_rate():
+    # seconds = 10 + videos / 50, exactly
+    series = {}
+    for n in (100, 500, 2000):
+        series[n] = Series(videos=n, megabytes=1.0)
+        series[n].add(10 + n / 50, 0.0)
+    assert fit(series) == {"fixed_s": 10.0, "marginal_videos_per_s": 50.0}
+    assert fit({100: series[100]}) == {}
+
+
+def test_mode_b_inputs_are_landscape_silent_and_tall_enough():
+    n = videos_needed(QUICK_PLAN)
+    chosen = [v for v in (plan_video(0, i, n, 0.0) for i in range(n)) if mode_b_selected(v, 224)]
+    assert len(chosen) >= max(QUICK_PLAN.sizes["b"])
+    assert all(v.width >= v.height >= 224 and not v.has_audio for v in chosen)
+
+
+def test_update_doc_rewrites_blocks_and_appends_new_ones(tmp_path):
+    doc = tmp_path / "PERF.md"
+    doc.write_text("# P\n\nprose\n<!-- results:a -->\nold\n<!-- /results:a -->\nmore prose\n")
+    report.update_doc(doc, {"a": "new table", "b": "fresh"})
+    text = doc.read_text()
+    assert "old" not in text
+    assert "<!-- results:a -->\nnew table\n<!-- /results:a -->\nmore prose" in text
+    assert text.rstrip().endswith("## b\n\n<!-- results:b -->\nfresh\n<!-- /results:b -->")
+    report.update_doc(doc, {"a": "newer"})  # idempotent layout: one block each
+    assert doc.read_text().count("<!-- results:a -->") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_quick_run_end_to_end(tmp_path):
+    doc = tmp_path / "PERFORMANCE.md"
+    doc.write_text((REPO / "docs" / "PERFORMANCE.md").read_text())
+    results = tmp_path / "results"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.run",
+        "--quick",
+        "--results",
+        str(results),
+        "--doc",
+        str(doc),
+        "--work",
+        str(tmp_path / "work"),
+        "--only",
+        "ingest_webvid",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+    result = json.loads((results / "ingest_webvid.json").read_text())
+    assert result["machine"]["cores"] == os.cpu_count()
+    versions = result["machine"]["versions"]
+    assert versions["video2dataset"] == "1.3.0" and versions["ray"] and versions["ffmpeg"]
+    assert result["peer"]["versions"]["torch"] == "2.1.2"  # its own pins, not ours
+    assert "encode_formats" in result["peer"]["runtime_patch"]
+
+    expected = {"a": {"ours", "peer", "limit"}, "decode": {"ours", "limit"}, "b": {"ours", "peer", "limit"}}
+    for name, tools in expected.items():
+        mode = result["modes"][name]
+        assert set(mode["series"]) == tools
+        for tool, by_size in mode["series"].items():
+            for n, s in by_size.items():
+                assert s["videos"] == int(n) and len(s["seconds"]) == QUICK_PLAN.runs == len(s["load_1m"])
+                assert s["median_s"] == round(statistics.median(s["seconds"]), 3)
+                assert s["videos_per_s"] == round(int(n) / s["median_s"], 2)
+                if tool != "limit":  # every video in the tars, and (peer) in its own stats
+                    assert all(run["mp4_members"] == int(n) for run in s["runs"])
+                if tool == "peer":
+                    assert all(run["successes"] == run["count"] == int(n) for run in s["runs"])
+        for n, ratio in mode["ratios"].items():
+            rate = {t: mode["series"][t][n]["videos"] / mode["series"][t][n]["median_s"] for t in tools}
+            assert ratio["ours_over_limit"] == pytest.approx(rate["ours"] / rate["limit"], abs=1e-3)
+    check = result["modes"]["b"]["output_check"]
+    assert check["ours"]["height"] == check["peer"]["height"] == 224 and check["same_size"]
+    assert check["ours"]["codec"] == check["peer"]["codec"] == "h264"
+
+    for png in ("ingest_webvid_scaling.png", "ingest_webvid_ratios.png"):
+        data = (results / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    text = doc.read_text()
+    ours_a = result["modes"]["a"]["series"]["ours"][str(QUICK_PLAN.sizes["a"][0])]
+    assert f"| {QUICK_PLAN.sizes['a'][0]} | {ours_a['videos_per_s']:.1f} ({ours_a['mb_per_s']:.2f}) |" in text
+    assert "(results/ingest_webvid_scaling.png)" in text
+    run = json.loads((results / "run.json").read_text())
+    assert run["sections"]["ingest_webvid"]["status"] == "ok" and run["quick"] is True

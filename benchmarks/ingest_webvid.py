@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import shutil
 import statistics
@@ -212,6 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
     sample = generate(SampleDataConfig(out=str(args.work / f"sample-{n}"), videos=n, images=0, val_fraction=0.0))
     print(f"sample set: {n} videos ({sample.stats.made} made, {sample.stats.reused} reused)", flush=True)
     ray.init(num_cpus=plan.settings.processes, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # one progress line per run is ours, below
     result: dict = {"benchmark": "ingest_webvid", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     modes = {}
     with StaticServer(Path(sample.root)) as server, peers.PeerProcess(python, args.work / "peer.log") as peer:
@@ -223,6 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["peer"] = {
             "package": peers.PACKAGE,
             "resolved_as_of": peers.RESOLVED_AS_OF,
+            "install": peers.INSTALL,
             "versions": peer.versions,
             "runtime_patch": peer.patch,
             "patch_used_by": ["b"],

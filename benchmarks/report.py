@@ -37,7 +37,8 @@ def update_doc(doc: Path, blocks: dict[str, str]) -> None:
 
 def machine_line(result: dict) -> str:
     m = result.get("machine", {})
-    v = m.get("versions", {})
+    hardware = ("cpu", "cores", "memory_gib", "os", "note")
+    v = m.get("versions") or {k: val for k, val in m.items() if k not in hardware}  # older flat records
     versions = ", ".join(f"{k} {val}" for k, val in v.items() if val)
     return f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('memory_gib', '?')} GiB; {versions}"
 
@@ -70,8 +71,8 @@ def ingest_webvid(result: dict, results: Path, doc: Path) -> str:
     lines = [
         f"_Measured {result['date']} on {machine_line(result)}. "
         f"{plan['settings']['processes']} processes for every tool, medians of {plan['runs']} runs"
-        f"{' after a warm-up run' if plan['warmup'] else ''}; 1-minute load average {low:g} to {high:g} during the "
-        f"runs ({result['machine']['cores']} cores: above that, other work shared the CPUs). "
+        f"{' after a warm-up run per tool' if plan['warmup'] else ''}; 1-minute load average {low:g} to {high:g} "
+        f"during the runs ({result['machine']['cores']} cores: above that, other work shared the CPUs). "
         f"Total {result['total_s']:.0f} s{quick}._",
         "",
         "videos/s (MB/s of source video) per tool; ratios are ours' videos/s over the other's.",
@@ -113,7 +114,27 @@ def ingest_webvid(result: dict, results: Path, doc: Path) -> str:
     return "\n".join(lines)
 
 
-TABLES: dict[str, Callable[[dict, Path, Path], str]] = {"ingest_webvid": ingest_webvid}
+def ingest_cc3m(result: dict, results: Path, doc: Path) -> str:
+    """Our CC3M path against img2dataset alone (same URLs, same settings)."""
+    runs = result.get("runs", "?")
+    lines = [
+        f"_Measured {result['date']} on {machine_line(result)}. {result['images']} images "
+        f"({result['source_mb']:g} MB), {result.get('samples_per_shard', '?')} per shard, medians of {runs} runs "
+        f"after a warm-up run._",
+        "",
+        "| | images/s | median s | runs (s) | load |",
+        "|---|---|---|---|---|",
+    ]
+    for key, label in (("pipeline", "ours (`vllama ingest cc3m`)"), ("img2dataset_alone", "img2dataset alone")):
+        s = result[key]
+        load = ", ".join(f"{x:g}" for x in s.get("load_1m", [])) or "not recorded"
+        lines.append(f"| {label} | {s['images_per_s']:.1f} | {s['median_s']:.2f} | "
+                     f"{', '.join(f'{x:.2f}' for x in s['seconds'])} | {load} |")  # fmt: skip
+    lines += ["", f"ours / img2dataset alone: **{result['pipeline_over_img2dataset']:.2f}**"]
+    return "\n".join(lines)
+
+
+TABLES: dict[str, Callable[[dict, Path, Path], str]] = {"ingest_webvid": ingest_webvid, "ingest_cc3m": ingest_cc3m}
 
 
 def block(section, result: dict | None, status: dict | None, results: Path, doc: Path) -> str:

@@ -61,6 +61,7 @@ def run_section(section: Section, quick: bool, results: Path, work: Path) -> dic
     cmd += ["--quick"] if quick else []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")  # Ray Data's per-dataset INFO lines, not the sections' own
     env["PYTHONUNBUFFERED"] = "1"  # progress lines appear as they happen
     print(f"== {section.name}: {section.what}\n   {' '.join(cmd)}", flush=True)
     load, t0 = load_1m(), time.perf_counter()

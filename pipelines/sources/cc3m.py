@@ -171,6 +171,19 @@ def screen(rows: pa.Table, allow_networks: tuple[str, ...] = (), threads: int = 
     return rows
 
 
+def _screen_tasks(tasks: list[shard_runs.ShardTask], cfg: CC3MIngestConfig) -> list[shard_runs.ShardTask]:
+    """`screen` every planned row at once (one DNS lookup per host for the whole run), split back per shard."""
+    if not tasks:
+        return tasks
+    screened = screen(pa.concat_tables([t.rows for t in tasks]), cfg.allow_networks, cfg.resolve_threads)
+    starts = [0]
+    for t in tasks:
+        starts.append(starts[-1] + t.rows.num_rows)
+    return [
+        shard_runs.ShardTask(t.index, screened.slice(a, t.rows.num_rows)) for t, a in zip(tasks, starts, strict=False)
+    ]
+
+
 # ---------------------------------------------------------------------------------- run
 
 
@@ -180,7 +193,7 @@ def run(cfg: CC3MIngestConfig) -> shard_runs.RunSummary:
     inputs = [] if cfg.mode == Mode.RETRY_FAILED else tsv_uris(cfg.tsvs, cfg.storage)
     rows = read_rows(inputs, cfg.key_prefix, cfg.storage) if inputs else None
     tasks = shard_runs.plan(cfg.out, rows, cfg.mode, cfg.samples_per_shard, inputs, cfg.storage)
-    tasks = [shard_runs.ShardTask(t.index, screen(t.rows, cfg.allow_networks, cfg.resolve_threads)) for t in tasks]
+    tasks = _screen_tasks(tasks, cfg)
     stats, failures = [], {}
     if tasks:
         # img2dataset imports albumentations, which asks PyPI for a newer version unless this is set;

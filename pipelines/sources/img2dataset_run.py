@@ -126,13 +126,16 @@ def _environment(storage_cfg: StorageConfig | None) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _watch(staging: str, total: int, per_shard: dict[int, int], stop: threading.Event, storage_cfg, desc: str):
+def _watch(staging: str, rows_per_staged: dict[int, int], stop: threading.Event, storage_cfg) -> None:
     """Progress bar in rows, from the `_stats.json` files img2dataset leaves as it finishes shards
     (its Ray distributor shows none)."""
-    with tqdm(total=total, desc=desc, unit="row") as bar:
-        while not stop.wait(2.0):
-            done = sum(per_shard.get(i, 0) for i in shards.complete_shards(output_dir(staging), storage_cfg))
-            bar.update(done - bar.n)
+    with tqdm(total=sum(rows_per_staged.values()), desc="img2dataset", unit="row") as bar:
+        while True:
+            stopped = stop.wait(2.0)
+            done = shards.complete_shards(output_dir(staging), storage_cfg)
+            bar.update(sum(rows_per_staged.get(j, 0) for j in done) - bar.n)
+            if stopped:
+                return
 
 
 def download(
@@ -148,10 +151,7 @@ def download(
         import img2dataset  # heavy (cv2, albumentations, torch via webdataset): only when a run needs it
 
         stop = threading.Event()
-        total = sum(rows_per_staged.values())
-        watcher = threading.Thread(
-            target=_watch, args=(staging, total, rows_per_staged, stop, storage_cfg, "img2dataset"), daemon=True
-        )
+        watcher = threading.Thread(target=_watch, args=(staging, rows_per_staged, stop, storage_cfg), daemon=True)
         if progress:
             watcher.start()
         try:

@@ -147,11 +147,14 @@ def verify(store: str, storage_cfg: StorageConfig | None = None, threads: int = 
     except FileNotFoundError as e:
         report.problems["manifest"] = [str(e)]
         return report
-    found = {ds: st.markers(store, ds, storage_cfg) for ds in fmt.datasets(store, storage_cfg)}
-    jobs = [(ds, i, marker) for ds, markers in found.items() for i, marker in markers.items()]
+    # every marker, with or without its tar (a marker whose tar is gone is a problem to report)
+    jobs = [(ds, i) for ds in fmt.datasets(store, storage_cfg) for i in fmt.complete_shards(store, ds, storage_cfg)]
+
+    def check(job: tuple[str, int]) -> tuple[int, int, list[str]]:
+        return verify_shard(store, *job, st.read_marker(store, *job, storage_cfg) or {}, manifest, storage_cfg)
+
     with ThreadPoolExecutor(threads) as pool:
-        results = pool.map(lambda j: verify_shard(store, j[0], j[1], j[2], manifest, storage_cfg), jobs)
-        for (ds, i, _), (samples, size, problems) in zip(jobs, results, strict=True):
+        for (ds, i), (samples, size, problems) in zip(jobs, pool.map(check, jobs), strict=True):
             report.shards += 1
             report.samples += samples
             report.bytes += size

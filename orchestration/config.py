@@ -28,6 +28,7 @@ T = TypeVar("T")
 CONFIG_KINDS: dict[str, str] = {
     "sample_data": "pipelines.sample_data:SampleDataConfig",
     "ingest_webvid": "pipelines.sources.webvid:WebVidIngestConfig",
+    "features": "pipelines.features.extract:FeatureExtractConfig",
 }
 
 _SECRET_NAME = re.compile(r"(secret|password|token|access_key|credential)", re.IGNORECASE)

@@ -30,8 +30,8 @@ changed since their feature shard was written are computed: a re-run of the same
 nothing. A sample that fails to decode is recorded in its shard's marker with the reason; a media
 shard that cannot be read is reported by name and the others go on.
 
-Exit status: 0 when every planned shard was written, 1 when some shard failed (re-run to retry),
-2 for bad config or input."""
+Exit status: 0 when every media shard has its feature shard, 1 when some shard failed (re-run to
+retry) or a media shard's tar is missing, 2 for bad config or input."""
 
 EXTRACT_EPILOG = """\
 examples:
@@ -109,7 +109,7 @@ def run_extract(args: argparse.Namespace) -> int:
         return 2
     print(summary.text())
     print(f"  store: {summary.store}")
-    return 1 if summary.shards_failed else 0
+    return 1 if summary.shards_failed or summary.sources_missing else 0
 
 
 def _size(n: float) -> str:

@@ -22,6 +22,7 @@ import shutil
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,7 +152,9 @@ class ShardFeatureExtractor:
 
     def __init__(self, cfg: FeatureExtractConfig, store: str, fingerprint: str, identity: dict):
         self.cfg, self.store, self.fingerprint = cfg, store, fingerprint
-        device = "cuda" if cfg.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu"
+        if cfg.gpus_per_actor > 0 and not torch.cuda.is_available():
+            raise RuntimeError(f"gpus_per_actor={cfg.gpus_per_actor} but this actor sees no CUDA device")
+        device = "cuda" if cfg.gpus_per_actor > 0 else "cpu"
         paths = local_checkpoints(cfg.encoders, cfg.storage)
         enc, dtype = cfg.encoders, getattr(torch, cfg.encoders.dtype)
         self.encoders = FrozenEncoders.from_checkpoints(paths, enc.image, enc.imagebind, device, dtype)
@@ -178,47 +181,51 @@ def _status(item: Prepared | Failure) -> dict:
     return out
 
 
+def _batches(feed: SampleFeed, batch_frames: int, statuses: list, waited: list[float]) -> Iterator[list[Prepared]]:
+    """The feed's samples in batches of at most `batch_frames` frames (whole samples: a bigger one goes alone),
+    recording every sample's status and the time spent waiting on decoding."""
+    pending, size = [], 0
+    t = time.perf_counter()
+    for item in feed:
+        waited[0] += time.perf_counter() - t
+        statuses.append(_status(item))
+        if isinstance(item, Prepared):
+            n = item.frames.shape[0]
+            if pending and size + n > batch_frames:
+                yield pending
+                pending, size = [], 0
+            pending.append(item)
+            size += n
+        t = time.perf_counter()
+    if pending:
+        yield pending
+
+
 def extract_shard(task: dict, encoders: FrozenEncoders, cfg: FeatureExtractConfig, store: str, fp: str) -> dict:
     """Extract one media shard into its feature shard, then write the marker; returns the marker."""
     t0 = time.perf_counter()
     dataset, index = task["dataset"], int(task["index"])
     st.remove_marker(store, dataset, index, cfg.storage)  # a stale shard is never complete while rewritten
     spool = tempfile.mkdtemp(prefix=f"features-{dataset}-{index:05d}-", dir=cfg.spool_dir)
-    statuses: dict[str, dict] = {}
-    encode_s, wait_s, frames = 0.0, 0.0, 0
+    statuses: list[dict] = []
+    encode_s, waited, frames = 0.0, [0.0], 0
     try:
         feed = SampleFeed(task["tar"], task["sha256"], int(task["samples"]), cfg.preprocess, Path(spool),
                           cfg.decode_workers, cfg.prefetch, cfg.timeout_s, cfg.storage)  # fmt: skip
         with feed, st.ShardWriter(fmt.shard_uri(store, dataset, index), cfg.storage) as writer:
-            pending: list[Prepared] = []
-
-            def flush() -> None:
-                nonlocal encode_s, frames
+            for batch in _batches(feed, cfg.batch_frames, statuses, waited):
                 t = time.perf_counter()
-                encoded = _encode(encoders, pending)
+                encoded = _encode(encoders, batch)
                 encode_s += time.perf_counter() - t
-                frames += sum(p.frames.shape[0] for p in pending)
+                frames += sum(p.frames.shape[0] for p in batch)
                 for sample in encoded:
                     writer.add(sample)
-                pending.clear()
-
-            t = time.perf_counter()
-            for item in feed:
-                wait_s += time.perf_counter() - t
-                statuses[item.key] = _status(item)
-                if isinstance(item, Prepared):
-                    if pending and sum(p.frames.shape[0] for p in pending) + item.frames.shape[0] > cfg.batch_frames:
-                        flush()
-                    pending.append(item)
-                t = time.perf_counter()
-            if pending:
-                flush()
     finally:
         shutil.rmtree(spool, ignore_errors=True)
-    marker = _marker(task, feed, writer, list(statuses.values()), fp)
+    marker = _marker(task, feed, writer, statuses, fp)
     marker["frames"] = frames
     marker["seconds"] = {"total": round(time.perf_counter() - t0, 4), "encode": round(encode_s, 4),
-                         "wait_for_decode": round(wait_s, 4), "decode_threads": round(feed.decode_s, 4)}  # fmt: skip
+                         "wait_for_decode": round(waited[0], 4), "decode_threads": round(feed.decode_s, 4)}  # fmt: skip
     st.write_marker(store, dataset, index, marker, cfg.storage)
     return marker
 
@@ -243,7 +250,7 @@ def _marker(task: dict, feed: SampleFeed, writer: st.ShardWriter, statuses: list
         "failed": len(failed),
         "audio": sum(1 for s in statuses if s.get("audio")),
         "categories": dict(sorted(categories.items())),
-        "tar": fmt.shard_uri("", task["dataset"], int(task["index"])).rsplit("/", 1)[-1],
+        "tar": f"{fmt.shard_name(int(task['index']))}.tar",
         "tar_bytes": writer.size,
         "tar_sha256": writer.sha256,
         "written": st.now(),
@@ -263,6 +270,9 @@ def run_job(p: Plan, cfg: FeatureExtractConfig) -> tuple[list[dict], dict[str, s
     from pipelines.ingest import init_ray
 
     init_ray()
+    if cfg.gpus_per_actor > 0 and not ray.cluster_resources().get("GPU"):
+        log.warning("gpus_per_actor=%s but the cluster has no GPU now: the actors wait for GPU nodes to join "
+                    "(set gpus_per_actor=0 to run on CPU)", cfg.gpus_per_actor)  # fmt: skip
     t0 = time.perf_counter()
     ds = ray.data.from_items(p.tasks, override_num_blocks=len(p.tasks))  # one block, so one call, per shard
     ds = ds.map_batches(

@@ -15,6 +15,7 @@ extraction and `vllama features ls|show|verify|gc` need:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -50,6 +51,7 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+@functools.cache
 def code_version() -> str:
     """The package version, and the git commit when the code runs from a checkout."""
     from importlib.metadata import PackageNotFoundError, version

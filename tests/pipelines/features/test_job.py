@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 from harness.media_shards import image_members, video_members, write_media_shard
 
+from model.frozen_encoders import EncoderCheckpoints, FrozenEncoders
+from model.preprocess import preprocess_video, sample_frame_indices
 from pipelines import storage
-from pipelines.features import extract
+from pipelines.features import decode, extract
 from pipelines.features import format as fmt
 from pipelines.features import store as st
+from pipelines.features.views import view_generator
 
 
 def _cfg(media: str, root: str, weights: str) -> extract.FeatureExtractConfig:
@@ -45,6 +49,21 @@ def test_second_run_computes_nothing_and_a_new_shard_computes_one(ray_local, tmp
     assert (first.samples_ok, first.frames) == (6, 4 * 2 * 4 + 2 * 2)
     assert first.frames_per_s > 0 and 0 < first.encoder_busy < 1
     assert "frames/s" in first.text() and "encoders busy" in first.text()
+
+    # what the actors wrote equals the encoders run here on the same decoded frames and crop
+    s = sample_data.videos[3]
+    got = next(x for x in fmt.iter_shard(fmt.shard_uri(first.store, "webvid", 1)) if x.key == s.id)
+    encoders = FrozenEncoders.from_checkpoints(EncoderCheckpoints.in_directory(tiny_weights), "tiny", "tiny")
+    g = view_generator(cfg.preprocess.seed, s.id, 1)
+    indices = sample_frame_indices(s.frames, "headtail", 4, g)
+    frames = preprocess_video(decode.decode_frames(Path(sample_data.path(s.file)), indices), True, g)
+    qformer, vision = encoders.encode_frames(frames)
+    np.testing.assert_allclose(
+        got.vl[1].astype(np.float32), qformer.numpy(), rtol=1e-3, atol=1e-3 * float(qformer.abs().max())
+    )
+    np.testing.assert_allclose(
+        got.ibv[1].astype(np.float32), vision.numpy(), rtol=1e-3, atol=1e-3 * float(vision.abs().max())
+    )
 
     second = extract.run(cfg)
     assert (second.shards_computed, second.shards_up_to_date, second.frames) == ([], 3, 0)

@@ -6,6 +6,7 @@ A store:
     {root}/{fingerprint}/{dataset}/{NNNNN}.tar          one feature shard per media shard: same number, same keys
     {root}/{fingerprint}/{dataset}/{NNNNN}_stats.json   the shard's completion marker, written last
     {root}/{fingerprint}/refs/{run}.json                training runs that read this store (`features gc` keeps it)
+    {root}/{fingerprint}/_summary.json                  the latest extraction run's counts and throughput
 
 Members of sample `key` in a shard (webdataset naming, `{key}.{suffix}`):
 

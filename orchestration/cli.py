@@ -14,6 +14,7 @@ COMMANDS = [
     "sample_data",
     "ingest",
     "convert",
+    "submit",
     "features",
 ]
 

@@ -28,6 +28,9 @@ T = TypeVar("T")
 CONFIG_KINDS: dict[str, str] = {
     "sample_data": "pipelines.sample_data:SampleDataConfig",
     "ingest_webvid": "pipelines.sources.webvid:WebVidIngestConfig",
+    "ingest_cc3m": "pipelines.sources.cc3m:CC3MIngestConfig",
+    "ingest_llava595k": "pipelines.sources.media_sets:MediaSetsIngestConfig",
+    "ingest_instruct": "pipelines.sources.media_sets:MediaSetsIngestConfig",
     "features": "pipelines.features.extract:FeatureExtractConfig",
 }
 

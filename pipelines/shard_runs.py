@@ -208,7 +208,9 @@ class RunSummary:
         lines = [
             f"{self.mode} run into {self.out}: {self.rows} rows in {len(self.shards_written)} shards, "
             f"{self.ok} ok / {self.failed} failed ({100 * self.success_rate:.1f}% success) in {self.seconds:.1f} s",
-            f"  {self.samples_per_s:.2f} samples/s, {self.mb_per_s:.2f} MB/s fetched",
+            # a source that cannot count fetched bytes (img2dataset does not report them) shows no MB/s
+            f"  {self.samples_per_s:.2f} samples/s"
+            + (f", {self.mb_per_s:.2f} MB/s fetched" if self.fetched_bytes else ""),
             f"  categories: {cats or 'none'}",
             dataset,
         ]

@@ -8,10 +8,11 @@ Under an output URI (local path, file:// or s3://):
     00000_stats.json    counts per category, bytes, seconds, the tar's sha256; written LAST, so its
                         presence is what makes shard 0 complete
 
-A source builds its input rows with `input_table`, and per shard calls
-`write_shard(out, index, samples, sidecar, counters)`. Reading back: `complete_shards`,
-`read_stats`, `read_sidecar`, `read_samples` and `webdataset` (local or s3://). Which shards a
-run writes (incremental / overwrite / retry-failed) and the run summary live in `shard_runs`.
+A source builds its input rows with `input_table`, records each row's outcome as a `RowResult`,
+and per shard calls `write_shard(out, index, samples, sidecar(rows, results), counters)`.
+Reading back: `complete_shards`, `read_stats`, `read_sidecar`, `read_samples` and `webdataset`
+(local or s3://). Which shards a run writes (incremental / overwrite / retry-failed) and the run
+summary live in `shard_runs`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import re
 import tarfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -50,6 +51,8 @@ CATEGORIES = (
     "connection_error",  # refused, reset, or closed before Content-Length bytes arrived
     "too_large",
     "not_video",  # HTML or another non-media body, or media without a video stream
+    "not_image",  # an image set's file that no image decoder recognises
+    "missing_media",  # the annotation names a file that is not in the media folder, zip or shards
     "corrupt",  # ffprobe cannot parse the container
     "decode_error",  # the container parses but frames do not decode (truncated, damaged)
     "internal_error",  # a bug or an unexpected exception; the message has the traceback's last line
@@ -129,6 +132,41 @@ def mark_duplicates(keys: Sequence[str], sources: Sequence[str]) -> dict[int, st
         else:
             first[key] = i
     return dupes
+
+
+@dataclass
+class RowResult:
+    """What happened to one input row; `members` are its tar members when it succeeded."""
+
+    status: str = FAILED
+    category: str = ""
+    error: str = ""
+    attempts: int = 0
+    fetched: int = 0  # bytes read from the source
+    seconds: float = 0.0
+    members: dict[str, bytes | Path] | None = field(default=None, repr=False)
+
+    @classmethod
+    def failed(cls, category: str, error: str, **kw) -> RowResult:
+        return cls(status=FAILED, category=category, error=error, **kw)
+
+
+def sidecar(rows: pa.Table, results: Sequence[RowResult]) -> pa.Table:
+    """A shard's input rows with each row's outcome: category/error replaced, RESULT_COLUMNS added."""
+    if rows.num_rows != len(results):
+        raise ValueError(f"{rows.num_rows} rows but {len(results)} results")
+    for name in ("category", "error"):
+        values = pa.array([getattr(r, name) for r in results], pa.string())
+        rows = rows.set_column(rows.column_names.index(name), name, values)
+    results_cols = {
+        "status": [r.status for r in results],
+        "attempts": [r.attempts for r in results],
+        "bytes": [r.fetched for r in results],
+        "seconds": [r.seconds for r in results],
+    }
+    for name, values in results_cols.items():
+        rows = rows.append_column(name, pa.array(values, RESULT_COLUMNS[name]))
+    return rows
 
 
 # ------------------------------------------------------------------------------------ tar files

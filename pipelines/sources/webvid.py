@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 import pyarrow as pa
@@ -33,7 +33,7 @@ from pipelines.config import config_dataclass
 from pipelines.download import DownloadConfig, Limiter
 from pipelines.media import TranscodeConfig
 from pipelines.shard_runs import Mode, ShardTask
-from pipelines.shards import FAILED, OK, RowError
+from pipelines.shards import OK, RowError, RowResult
 from pipelines.storage import StorageConfig
 
 COLUMNS = ("videoid", "contentUrl", "duration", "page_dir", "name")
@@ -156,17 +156,6 @@ def read_rows(uris: list[str], storage_cfg: StorageConfig | None = None) -> pa.T
 # ---------------------------------------------------------------------------------- transform
 
 
-@dataclass
-class RowResult:
-    status: str
-    category: str = ""
-    error: str = ""
-    attempts: int = 0
-    fetched: int = 0
-    seconds: float = 0.0
-    members: dict[str, bytes | Path] | None = None
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -201,7 +190,7 @@ def sample_members(row: dict, video: Path, info: media.VideoInfo, max_words: int
 def process_row(row: dict, cfg: WebVidIngestConfig, limiter: Limiter, spool: Path, gate) -> RowResult:
     """Download, validate and (optionally) transcode one row; failures become a RowResult."""
     t0 = time.monotonic()
-    result = RowResult(status=FAILED)
+    result = RowResult()
     src = video = spool / f"{row['key']}.src"
     try:
         if row["category"]:
@@ -233,25 +222,6 @@ def process_row(row: dict, cfg: WebVidIngestConfig, limiter: Limiter, spool: Pat
     return result
 
 
-def _sidecar(rows: pa.Table, results: list[RowResult]) -> pa.Table:
-    """The shard's input rows with each row's outcome."""
-    updates = {
-        "category": pa.array([r.category for r in results], pa.string()),
-        "error": pa.array([r.error for r in results], pa.string()),
-    }
-    for name, values in updates.items():
-        rows = rows.set_column(rows.column_names.index(name), name, values)
-    extra = {
-        "status": pa.array([r.status for r in results], pa.string()),
-        "attempts": pa.array([r.attempts for r in results], pa.int32()),
-        "bytes": pa.array([r.fetched for r in results], pa.int64()),
-        "seconds": pa.array([r.seconds for r in results], pa.float64()),
-    }
-    for name, values in extra.items():
-        rows = rows.append_column(name, values)
-    return rows
-
-
 def process_shard(task: ShardTask, cfg: WebVidIngestConfig, limiter: Limiter) -> dict:
     """Fetch and check every row of one shard on a thread pool, then write the shard; its stats."""
     t0 = time.monotonic()
@@ -268,7 +238,9 @@ def process_shard(task: ShardTask, cfg: WebVidIngestConfig, limiter: Limiter) ->
             "sample_bytes": sum(Path(r.members["mp4"]).stat().st_size for r in results if r.members),
             "seconds": round(time.monotonic() - t0, 3),
         }
-        return shards.write_shard(cfg.out, task.index, samples, _sidecar(task.rows, results), counters, cfg.storage)
+        return shards.write_shard(
+            cfg.out, task.index, samples, shards.sidecar(task.rows, results), counters, cfg.storage
+        )
     finally:
         shutil.rmtree(spool, ignore_errors=True)
 

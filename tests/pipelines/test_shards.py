@@ -180,3 +180,19 @@ def test_shards_on_s3_read_back_with_webdataset(s3_bucket):
     got = [(s["__key__"], s["txt"], s["__url__"]) for s in shards.webdataset(uris)]
     assert got == [("1000", b"1000", uris[0]), ("1001", b"1001", uris[0]), ("1003", b"1003", uris[1])]
     assert storage.exists(shards.shard_files(out, 1).sidecar)
+
+
+def test_sidecar_records_each_rows_outcome():
+    rows = _rows(2)
+    results = [shards.RowResult(status=OK, attempts=1, fetched=10, seconds=0.5),
+               shards.RowResult.failed("http_4xx", "http://x/1001.mp4: HTTP 404", attempts=2)]  # fmt: skip
+    table = shards.sidecar(rows, results)
+    assert table.column_names == [*rows.column_names, "status", "attempts", "bytes", "seconds"]
+    assert table.select(["key", "status", "category", "error", "attempts", "bytes"]).to_pylist() == [
+        {"key": "1000", "status": "ok", "category": "", "error": "", "attempts": 1, "bytes": 10},
+        {"key": "1001", "status": "failed", "category": "http_4xx", "error": "http://x/1001.mp4: HTTP 404",
+         "attempts": 2, "bytes": 0},
+    ]  # fmt: skip
+    assert table.schema.field("attempts").type == pa.int32()
+    with pytest.raises(ValueError, match="2 rows but 1 results"):
+        shards.sidecar(rows, results[:1])

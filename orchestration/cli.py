@@ -15,6 +15,7 @@ COMMANDS = [
     "ingest",
     "convert",
     "submit",
+    "features",
 ]
 
 

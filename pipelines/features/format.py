@@ -123,6 +123,16 @@ def datasets(store: str, storage_cfg: StorageConfig | None = None) -> list[str]:
     return sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if fs.isdir(p) and not p.endswith(f"/{REFS}"))
 
 
+def ref_uri(store: str, run: str) -> str:
+    return storage.join(store, REFS, f"{run}.json")
+
+
+def write_ref(store: str, run: str, info: dict, storage_cfg: StorageConfig | None = None) -> None:
+    """Record that training run `run` reads this store (`info`: where the run lives), so `features gc`
+    keeps it; re-writing the same run's ref is harmless."""
+    storage.write_text(ref_uri(store, run), json.dumps(info, sort_keys=True), storage_cfg)
+
+
 def read_manifest(store: str, storage_cfg: StorageConfig | None = None) -> dict:
     uri = storage.join(store, MANIFEST)
     try:

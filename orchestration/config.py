@@ -27,6 +27,7 @@ T = TypeVar("T")
 # configs/<kind>/*.yaml -> "module:Class". Imported lazily so `vllama --help` stays fast.
 CONFIG_KINDS: dict[str, str] = {
     "sample_data": "pipelines.sample_data:SampleDataConfig",
+    "train": "orchestration.train_config:TrainConfig",
 }
 
 _SECRET_NAME = re.compile(r"(secret|password|token|access_key|credential)", re.IGNORECASE)

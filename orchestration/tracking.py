@@ -165,6 +165,10 @@ class Tracker:
 
         with contextlib.suppress(MlflowException):  # already registered by an earlier run
             self.client.create_registered_model(name)
+        found = self._call("search_model_versions", self.client.search_model_versions, f"name='{name}'")
+        mine = [v for v in found or [] if v.run_id == self.run_id and v.source.endswith(f"/{artifact_path}")]
+        if mine:  # a re-run of a finished job: its weights are registered already
+            return int(mine[0].version)
         version = self._call(
             "register_model",
             self.client.create_model_version,

@@ -13,6 +13,8 @@ from orchestration.config import ConfigError
 COMMANDS = [
     "sample_data",
     "convert",
+    "train",
+    "generate",
 ]
 
 

@@ -69,7 +69,19 @@ def resolve_deepspeed(cfg: TrainConfig) -> dict:
         raise ValueError(f"{cfg.deepspeed}: zero_optimization.stage must be 0-3, got {stage}")
     if ds.get("fp16", {}).get("enabled") and ds.get("bf16", {}).get("enabled"):
         raise ValueError(f"{cfg.deepspeed}: enable bf16 or fp16, not both")
+    validate_deepspeed(ds, cfg.deepspeed)
     return ds
+
+
+def validate_deepspeed(ds: dict, source: str) -> None:
+    """DeepSpeed's own parser, on the driver, so a misspelt key fails before any worker starts.
+    (train_batch_size is left out: DeepSpeed checks it against the world size, known only on the workers.)"""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    try:
+        DeepSpeedConfig({k: v for k, v in ds.items() if k != "train_batch_size"})
+    except Exception as e:  # pydantic ValidationError or DeepSpeed's assertions
+        raise ValueError(f"{source}: DeepSpeed rejects it: {e}") from None
 
 
 def compute_dtype(ds: dict) -> torch.dtype:

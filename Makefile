@@ -10,12 +10,13 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
 venv: $(STAMP)
 
+# torch comes from the local CPU wheel (pip finds it; an unpinned torch would pull gigabytes of
+# CUDA packages); uv then installs the rest in parallel (~25 s instead of ~3 min with pip) and
+# keeps that torch, since 2.13.0 satisfies pyproject's range.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# The local CPU wheel; an unpinned torch would pull gigabytes of CUDA packages.
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0 "uv>=0.5,<1"
+	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/uv pip install -q -e ".[test]"
 	rm -f $(VENV)/.installed-* && touch $@
 
 lint: $(STAMP)

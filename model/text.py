@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from model.captions import clean_caption  # noqa: F401  (re-exported: part of the text API)
 from model.llm import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER
 
 IGNORE_INDEX = -100
@@ -55,15 +56,6 @@ def template(name: str) -> Template:
     if name not in TEMPLATES:
         raise ValueError(f"unknown prompt template {name!r}; known: {', '.join(TEMPLATES)}")
     return TEMPLATES[name]
-
-
-def clean_caption(caption: str, max_words: int = 50) -> str:
-    """WebVid/BLIP caption cleaning, as LAVIS' `BlipCaptionProcessor.pre_caption`: lowercase, the
-    characters .!"()*#:;~ become spaces, runs of whitespace collapse, at most `max_words` words."""
-    caption = re.sub(r"([.!\"()*#:;~])", " ", caption.lower())
-    caption = re.sub(r"\s{2,}", " ", caption).rstrip("\n").strip(" ")
-    words = caption.split(" ")
-    return " ".join(words[:max_words]) if len(words) > max_words else caption
 
 
 def media_block(kind: str, n: int, placeholder: str = IMAGE_PLACEHOLDER) -> str:

@@ -12,7 +12,9 @@ from orchestration.config import ConfigError
 
 COMMANDS = [
     "sample_data",
+    "ingest",
     "convert",
+    "submit",
     "train",
     "generate",
 ]

@@ -27,6 +27,10 @@ T = TypeVar("T")
 # configs/<kind>/*.yaml -> "module:Class". Imported lazily so `vllama --help` stays fast.
 CONFIG_KINDS: dict[str, str] = {
     "sample_data": "pipelines.sample_data:SampleDataConfig",
+    "ingest_webvid": "pipelines.sources.webvid:WebVidIngestConfig",
+    "ingest_cc3m": "pipelines.sources.cc3m:CC3MIngestConfig",
+    "ingest_llava595k": "pipelines.sources.media_sets:MediaSetsIngestConfig",
+    "ingest_instruct": "pipelines.sources.media_sets:MediaSetsIngestConfig",
     "train": "orchestration.train_config:TrainConfig",
 }
 

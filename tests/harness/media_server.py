@@ -10,6 +10,7 @@ Routes (`rel` is a path under the served root):
 | /slow/<seconds>/<rel>                | waits <seconds> before answering (past a client's timeout)     |
 | /cut/<rel>                           | full Content-Length, half the body, then the connection closes |
 | /html-as-video/<rel>                 | an HTML page served as `video/mp4`                             |
+| /html-as-image/<rel>                 | an HTML page served as `image/jpeg`                            |
 | /truncated/<rel>                     | the first third of the file, length consistent: a broken mp4   |
 | /huge/<gigabytes>/<rel>              | claims <gigabytes> GB and streams zeros until the client quits |
 | /huge-chunked/<rel>                  | no length at all (chunked), zeros until the client quits       |
@@ -113,6 +114,7 @@ def _route(h: BaseHTTPRequestHandler, server: MediaServer) -> None:
         "slow": lambda: (time.sleep(float(args[0])), _send_file(h, server, args[1:])),
         "cut": lambda: _cut(h, server, args),
         "html-as-video": lambda: _send(h, 200, HTML_PAGE, "video/mp4"),
+        "html-as-image": lambda: _send(h, 200, HTML_PAGE, "image/jpeg"),
         "truncated": lambda: _truncated(h, server, args),
         "huge": lambda: _stream_zeros(h, declared=int(float(args[0]) * 1e9)),
         "huge-chunked": lambda: _stream_zeros(h, declared=None),

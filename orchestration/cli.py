@@ -16,6 +16,8 @@ COMMANDS = [
     "convert",
     "submit",
     "features",
+    "train",
+    "generate",
 ]
 
 

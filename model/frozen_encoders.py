@@ -50,13 +50,14 @@ class EncoderCheckpoints:
 
 
 def save_random_checkpoints(
-    directory: str | Path, image_size: str = "tiny", imagebind_size: str = "tiny", seed: int = 0
+    directory: str | Path, image_size: str = "tiny", imagebind_size: str = "tiny", seed: int = 0, init: str = "trained"
 ) -> EncoderCheckpoints:
-    """Random-valued files in the original layouts and names, for tests and the demo (loaded like real ones)."""
+    """Random-valued files in the original layouts and names, for tests and the demo (loaded like real ones).
+    `init="fan_in"` makes tiny encoders whose features keep what the frames show (see encoder_weights)."""
     paths = EncoderCheckpoints.in_directory(directory)
-    save_random_eva_vit(paths.eva_vit, IMAGE_ENCODER_SIZES[image_size], seed)
-    save_random_blip2(paths.blip2, IMAGE_ENCODER_SIZES[image_size], seed + 1)
-    save_random_imagebind(paths.imagebind, IMAGEBIND_SIZES[imagebind_size], seed + 2)
+    save_random_eva_vit(paths.eva_vit, IMAGE_ENCODER_SIZES[image_size], seed, init=init)
+    save_random_blip2(paths.blip2, IMAGE_ENCODER_SIZES[image_size], seed + 1, init=init)
+    save_random_imagebind(paths.imagebind, IMAGEBIND_SIZES[imagebind_size], seed + 2, init=init)
     return paths
 
 

@@ -7,13 +7,22 @@ tokens, the learnt pieces; `<ImageHere>` / `<AudioHere>` come right after the ba
 outside the embedding table, exactly as 32000 / 32001 sit outside LLaMA-2's 32000 rows.
 
     python -m model.tiny OUT_DIR   # writes a directory loadable by AutoTokenizer / LlamaForCausalLM
+    python -m model.tiny OUT_DIR --texts texts.json --steps 400   # ... trained on those texts first
+
+A random LLM cannot be steered into saying anything sensible, and there are no weights to download,
+so the tests and the demo first train the tiny LLaMA on the caption and conversation TEXT of the
+sample data alone (`pretrain_tiny_llama`, plain torch, a minute on a CPU) and then freeze it: it
+knows the language of the captions, and only the Video-LLaMA branch learns to tie it to the media.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import string
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -22,6 +31,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from model.config import SIZES, LlmSize
 from model.llm import PLACEHOLDERS
+from model.text import Sample, collate
+
+log = logging.getLogger(__name__)
 
 SPECIALS = ("<unk>", "<s>", "</s>", "<pad>")
 BYTE_TOKENS = tuple(f"<0x{i:02X}>" for i in range(256))
@@ -129,12 +141,68 @@ def save_tiny_llama(out_dir: str | Path, seed: int = 0) -> Path:
     return out
 
 
+def pretrain_tiny_llama(
+    out_dir: str | Path,
+    texts: Sequence[str],
+    steps: int = 400,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    seed: int = 0,
+) -> tuple[Path, list[float]]:
+    """Train the tiny LLaMA as a plain language model on `texts` ([BOS] + text, every token
+    supervised), save it like `save_tiny_llama`, and return the directory and the loss per step.
+
+    AdamW, linear warmup over the first 10 % of steps then cosine to 10 % of `lr`; batches are
+    drawn with replacement from a generator seeded by `seed`, so the result is reproducible."""
+    if not texts:
+        raise ValueError("pretrain_tiny_llama needs texts to learn from (captions, conversations)")
+    model, tokenizer = build_tiny_llama(seed)
+    encoded = [
+        [tokenizer.bos_token_id, *tokenizer(t, add_special_tokens=False).input_ids][
+            : model.config.max_position_embeddings
+        ]
+        for t in texts
+    ]
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    warmup = max(1, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(s, steps) / steps))),
+    )
+    losses = []
+    model.train()
+    for _ in range(steps):
+        rows = torch.randint(len(encoded), (batch_size,), generator=generator).tolist()
+        batch = collate([Sample(encoded[r], encoded[r]) for r in rows], tokenizer.pad_token_id)
+        loss = model(**batch).loss  # labels are -100 on padding, so padding is never learnt
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss))
+    model.eval()
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    log.info("tiny LLaMA trained on %d texts for %d steps: loss %.3f -> %.3f", len(texts), steps, losses[0], losses[-1])
+    return out, losses
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", help="directory to write the tiny LLaMA and tokenizer to")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--texts", help="a JSON list of strings to train the LLaMA on first (else: random weights)")
+    parser.add_argument("--steps", type=int, default=400, help="training steps with --texts")
     args = parser.parse_args(argv)
-    print(save_tiny_llama(args.out_dir, args.seed))
+    if args.texts is None:
+        print(save_tiny_llama(args.out_dir, args.seed))
+        return
+    texts = json.loads(Path(args.texts).read_text())
+    out, losses = pretrain_tiny_llama(args.out_dir, texts, steps=args.steps, seed=args.seed)
+    print(f"{out} (loss {losses[0]:.3f} -> {losses[-1]:.3f})")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ COMMANDS = [
     "ingest",
     "convert",
     "submit",
+    "features",
+    "train",
+    "generate",
 ]
 
 

@@ -31,6 +31,8 @@ CONFIG_KINDS: dict[str, str] = {
     "ingest_cc3m": "pipelines.sources.cc3m:CC3MIngestConfig",
     "ingest_llava595k": "pipelines.sources.media_sets:MediaSetsIngestConfig",
     "ingest_instruct": "pipelines.sources.media_sets:MediaSetsIngestConfig",
+    "features": "pipelines.features.extract:FeatureExtractConfig",
+    "train": "orchestration.train_config:TrainConfig",
 }
 
 _SECRET_NAME = re.compile(r"(secret|password|token|access_key|credential)", re.IGNORECASE)

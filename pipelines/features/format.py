@@ -6,6 +6,7 @@ A store:
     {root}/{fingerprint}/{dataset}/{NNNNN}.tar          one feature shard per media shard: same number, same keys
     {root}/{fingerprint}/{dataset}/{NNNNN}_stats.json   the shard's completion marker, written last
     {root}/{fingerprint}/refs/{run}.json                training runs that read this store (`features gc` keeps it)
+    {root}/{fingerprint}/_summary.json                  the latest extraction run's counts and throughput
 
 Members of sample `key` in a shard (webdataset naming, `{key}.{suffix}`):
 
@@ -121,6 +122,16 @@ def datasets(store: str, storage_cfg: StorageConfig | None = None) -> list[str]:
     if not fs.exists(path):
         return []
     return sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if fs.isdir(p) and not p.endswith(f"/{REFS}"))
+
+
+def ref_uri(store: str, run: str) -> str:
+    return storage.join(store, REFS, f"{run}.json")
+
+
+def write_ref(store: str, run: str, info: dict, storage_cfg: StorageConfig | None = None) -> None:
+    """Record that training run `run` reads this store (`info`: where the run lives), so `features gc`
+    keeps it; re-writing the same run's ref is harmless."""
+    storage.write_text(ref_uri(store, run), json.dumps(info, sort_keys=True), storage_cfg)
 
 
 def read_manifest(store: str, storage_cfg: StorageConfig | None = None) -> dict:

@@ -74,3 +74,21 @@ def test_stack_is_frozen_and_validates_arguments(paths, stack):
         FrozenEncoders.from_checkpoints(paths, image_size="small")
     with pytest.raises(ValueError, match="dtype torch.int8 not supported"):
         FrozenEncoders(stack.image, stack.imagebind, dtype=torch.int8)
+
+
+def test_fan_in_random_encoders_let_the_image_through(paths, stack, tmp_path):
+    """With 0.02-scaled weights the tiny stack's output barely depends on the image; fan_in scaling fixes that."""
+    fan_in = save_random_checkpoints(tmp_path, seed=5, init="fan_in")
+    weight = torch.load(fan_in.imagebind)["modality_heads.audio.2.weight"]  # Linear(32 -> 64)
+    assert weight.std().item() == pytest.approx(32**-0.5, rel=0.15)
+    wide = FrozenEncoders.from_checkpoints(fan_in, image_size="tiny", imagebind_size="tiny")
+    frames = torch.zeros(2, 3, 224, 224)
+    frames[1, 0] = 2.0  # a red frame against a black one (normalised units)
+
+    def spread(encoders):  # how far the two frames' image Q-Former outputs are apart, per value
+        q, _ = encoders.encode_frames(frames)
+        return (q[0] - q[1]).abs().mean().item()
+
+    assert spread(stack) < 0.1 < spread(wide)
+    with pytest.raises(ValueError, match="unknown random init 'xavier'"):
+        save_random_checkpoints(tmp_path / "x", init="xavier")

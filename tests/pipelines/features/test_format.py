@@ -78,3 +78,11 @@ def test_shards_read_back_in_order_and_markers_mark_completion(where, tmp_path, 
 def test_missing_manifest_says_what_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="run `vllama features extract`"):
         fmt.read_manifest(str(tmp_path))
+
+
+def test_training_refs_live_beside_the_datasets_and_are_not_one(tmp_path):
+    store = str(tmp_path / "fp")
+    _write_tar(fmt.shard_uri(store, "webvid", 0), [_sample("0001", np.random.default_rng(2), audio=False)])
+    fmt.write_ref(store, "vl_stage1_tiny", {"run_dir": "/runs/vl_stage1_tiny"})
+    assert json.loads(storage.read_text(fmt.ref_uri(store, "vl_stage1_tiny"))) == {"run_dir": "/runs/vl_stage1_tiny"}
+    assert fmt.datasets(store) == ["webvid"]

@@ -50,7 +50,7 @@ from model.llm import FrozenLlama
 from model.text import collate
 from model.tiny import build_tokenizer, llama_config
 from model.video_llama import VideoLLaMA
-from orchestration.data import BatchLoader, DatasetStream, ExampleSource
+from orchestration.data import BatchLoader, DatasetStream, ExampleSource, Position
 from orchestration.optim import build_optimizer
 from orchestration.samples import TextSpec, caption_text
 from orchestration.train_config import ALIGNMENT_PROMPTS
@@ -92,12 +92,14 @@ def build_model(layers: int, tok, seed: int = 0) -> VideoLLaMA:
     return model.train()
 
 
-def cached_loader(tok, store: str, spec: TextSpec, batch: int, steps: int) -> BatchLoader:
-    """The trainer's loader (orchestration/steps.py make_loader), one rank, one dataset, from the start."""
-    stream = DatasetStream(store, DATASET, fmt.complete_shards(store, DATASET), rank=0, world=1, seed=0)
+def cached_loader(tok, store: str, spec: TextSpec, batch: int, first: int, count: int, at: Position | None = None):
+    """The trainer's loader (orchestration/steps.py make_loader) for steps [first, first + count), one rank,
+    one dataset, its stream at position `at` (as a resumed run starts)."""
+    shard_list = fmt.complete_shards(store, DATASET)
+    stream = DatasetStream(store, DATASET, shard_list, rank=0, world=1, seed=0, position=at or Position())
     source = ExampleSource(stream, "caption", spec, tok, seed=0)
-    return BatchLoader({DATASET: source}, [1.0], seed=0, micro_batch=batch, grad_accum=1, start=0, stop=steps,
-                       prefetch=PREFETCH)  # fmt: skip
+    return BatchLoader({DATASET: source}, [1.0], seed=0, micro_batch=batch, grad_accum=1, start=first,
+                       stop=first + count, prefetch=PREFETCH)  # fmt: skip
 
 
 class OnTheFlyLoader:
@@ -136,8 +138,9 @@ def read_media(media_dir: str) -> dict[str, dict]:
     return out
 
 
-def timed_steps(model, optimizer, batches, encoder=None) -> dict:
-    """Step times and data wait over an iterator of batches; with `encoder`, frames go through it first."""
+def timed_steps(model, optimizer, batches, encoder=None, expect=()) -> dict:
+    """Step times and data wait over an iterator of batches; with `encoder`, frames go through it first.
+    `expect`: the planned batches, whose keys the loader's batches must match."""
     steps, waits, encode = [], [], []
     it = iter(batches)
     while True:
@@ -147,6 +150,8 @@ def timed_steps(model, optimizer, batches, encoder=None) -> dict:
         except StopIteration:
             break
         t1 = time.perf_counter()
+        if expect:
+            assert item.keys == expect[len(steps)].keys, (item.keys, expect[len(steps)].keys)
         tensors = dict(item.tensors) if hasattr(item, "tensors") else dict(item)
         if encoder is not None:
             frames = tensors.pop("frames")
@@ -182,7 +187,7 @@ def measure(args, work: Path) -> dict:
     tok = build_tokenizer(cpu_size(1).llm)
     # stage 1: [BOS] + 32 soft tokens + caption (max_txt_len 32); the prompts are unused by captions
     spec = TextSpec("vl", 32, "llama2", 32, 512, ALIGNMENT_PROMPTS)
-    plan = list(cached_loader(tok, store, spec, args.batch, args.steps + 1))  # both arms' batches, in order
+    plan = list(cached_loader(tok, store, spec, args.batch, 0, args.steps + 1))  # both arms' batches, in order
     text_tokens = statistics.mean(float(b.tensors["attention_mask"].sum()) / args.batch - 32 for b in plan)
     real = real_7b(args.text_tokens)
     layers = fit_layers(real["encoder_over_train"], text_tokens)
@@ -194,13 +199,15 @@ def measure(args, work: Path) -> dict:
 
     def run_arm(name: str, first: int, count: int) -> dict:
         if name == "cached":
-            loader = cached_loader(tok, store, spec, args.batch, first + count)
-            return timed_steps(model, optimizer, (b for b in loader if b.step >= first))
+            at = plan[first - 1].positions[DATASET] if first else Position()
+            loader = cached_loader(tok, store, spec, args.batch, first, count, at)
+            return timed_steps(model, optimizer, loader, expect=plan[first : first + count])
         keys = [b.keys for b in plan[first : first + count]]
         loader = OnTheFlyLoader(media, keys, cfg, spec, tok, spool)
         return timed_steps(model, optimizer, loader, encoder=encoders.image)
 
-    run_arm("cached", 0, 1), run_arm("on_the_fly", 0, 1)  # warm-up: allocator, threads, page cache
+    if not args.quick:  # warm-up: allocator, threads, page cache
+        run_arm("cached", 0, 1), run_arm("on_the_fly", 0, 1)
     results = {"cached": [], "on_the_fly": []}
     for _ in range(args.runs):
         for name in results:  # alternating, so load from other jobs hits both arms alike
@@ -214,9 +221,10 @@ def measure(args, work: Path) -> dict:
 
 
 def counted_flops(model, encoder, tensors: dict) -> dict:
-    """torch's own count on one cached batch: the encoders' forward and the trainable part's fwd + bwd, per sample."""
+    """torch's own count on one sample of a cached batch: the encoders' forward and the trainable part's fwd + bwd."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    tensors = {k: v[:1] for k, v in tensors.items()}  # one sample: the count is per sample, and slow
     batch, frames = tensors["vl_features"].shape[:2]
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         encoder(torch.zeros(1, 3, 224, 224))
@@ -236,7 +244,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="measured steps per arm per run")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--text-tokens", type=int, default=30, help="caption tokens per sample in the real setup")
-    parser.add_argument("--quick", action="store_true", help="4 clips, batch 2, 1 step, 1 run: machinery only")
+    parser.add_argument("--quick", action="store_true", help="4 clips, batch 2, 1 step, 1 run, no warm-up")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--work", type=Path, default=WORK / "train_step")
     args = parser.parse_args()

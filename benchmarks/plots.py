@@ -116,8 +116,60 @@ def ingest_webvid_ratios(result: dict, out: Path) -> Path:
     return path
 
 
+def _save(fig, out: Path, name: str) -> Path:
+    fig.tight_layout()
+    path = out / name
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def features(result: dict, out: Path) -> Path:
+    """frames/s of the job (wall), the job's actor, and the bare forward, per encoder size."""
+    sizes = list(result["sizes"])
+    bars = {"job (wall)": [r["pipeline"]["frames_per_s_wall"] for r in result["sizes"].values()],
+            "actor (steady state)": [r["pipeline"]["frames_per_s_actor"] for r in result["sizes"].values()],
+            "bare forward (limit)": [r["bare_forward"]["frames_per_s"] for r in result["sizes"].values()]}  # fmt: skip
+    colours = [COLOURS["ours"], "#aec7e8", COLOURS["limit"]]
+    fig, ax = plt.subplots(figsize=(max(4.5, 2.2 * len(sizes)), 3.6))
+    width = 0.8 / len(bars)
+    for k, ((label, values), colour) in enumerate(zip(bars.items(), colours, strict=True)):
+        drawn = ax.bar([i + (k - 1) * width for i in range(len(sizes))], values, width, label=label, color=colour)
+        ax.bar_label(drawn, labels=[f"{v:.1f}" for v in values], fontsize=7)
+    ax.set_xticks(range(len(sizes)), [f"{s} encoders" for s in sizes])
+    ax.set_ylabel("frames/s (median)")
+    ax.set_title("Feature extraction against the bare encoder forward", fontsize=10)
+    ax.legend(fontsize=8)
+    return _save(fig, out, "features.png")
+
+
+def train_step(result: dict, out: Path) -> Path:
+    """Seconds per step of each arm, split into data wait, frozen encoders and the trainable part."""
+    arms = {"cached features": result["cached"], "on the fly": result["on_the_fly"]}
+    parts = {"data wait": [], "frozen encoders": [], "trainable part (fwd + bwd + AdamW)": []}
+    for arm in arms.values():
+        wait = arm["step_s"] * arm["data_wait_share"]
+        encode = arm.get("encode_s", 0.0)
+        for label, value in zip(parts, (wait, encode, arm["step_s"] - wait - encode), strict=True):
+            parts[label].append(max(value, 0.0))
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    bottom = [0.0] * len(arms)
+    for (label, values), colour in zip(parts.items(), ["#d62728", COLOURS["peer"], COLOURS["ours"]], strict=True):
+        ax.barh(list(arms), values, left=bottom, label=label, color=colour)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    for i, total in enumerate(bottom):
+        ax.text(total, i, f" {total:.2f} s", va="center", fontsize=8)
+    ax.set_xlabel("seconds per step (medians)")
+    ax.set_title(f"Training step, batch {result['settings']['batch']} clips x 8 frames", fontsize=10)
+    ax.set_xlim(0, max(bottom) * 1.25)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
+    return _save(fig, out, "train_step.png")
+
+
 PLOTTERS: dict[str, list[Callable[[dict, Path], Path]]] = {
     "ingest_webvid": [ingest_webvid_scaling, ingest_webvid_ratios],
+    "features": [features],
+    "train_step": [train_step],
 }
 
 

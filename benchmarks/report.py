@@ -134,7 +134,90 @@ def ingest_cc3m(result: dict, results: Path, doc: Path) -> str:
     return "\n".join(lines)
 
 
-TABLES: dict[str, Callable[[dict, Path, Path], str]] = {"ingest_webvid": ingest_webvid, "ingest_cc3m": ingest_cc3m}
+def _span(values: list[float]) -> str:
+    return f"{min(values):g}-{max(values):g}" if values else "not recorded"
+
+
+def features(result: dict, results: Path, doc: Path) -> str:
+    """Extraction job vs the bare encoder forward, and the reuse run, per encoder size."""
+    warm = " after a warm-up run" if result.get("warmup", True) else ""
+    lines = [
+        f"_Measured {result['date']} on {machine_line(result)}. {result['videos']} clips x 8 frames "
+        f"({result['preprocess']}), batches of {result['batch_frames']} frames, medians of {result['runs']} runs"
+        f"{warm}; 1-minute load {_span(result.get('load_1m_start_end', []))} (start, end)._",
+        "",
+        "| encoders | GFLOP/frame | job frames/s (wall) | frames/s in the actor | bare forward frames/s "
+        "| job / bare | actor / bare | reuse s (same config again) | load |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for size, r in result["sizes"].items():
+        p, bare = r["pipeline"], r["bare_forward"]
+        loads = [x["load_1m"] for x in p["runs"] if "load_1m" in x] + bare.get("load_1m", [])
+        job_over = r.get("job_over_bare", p["frames_per_s_wall"] / bare["frames_per_s"])
+        actor_over = r.get("actor_over_bare", p["frames_per_s_actor"] / bare["frames_per_s"])
+        reuse = f"{r['reuse']['median_s']:.2f}" if "reuse" in r else "n/a"
+        lines.append(f"| {size} | {r['gflop_per_frame']:g} | {p['frames_per_s_wall']:.1f} "
+                     f"| {p['frames_per_s_actor']:.1f} | {bare['frames_per_s']:.1f} | **{job_over:.2f}** "
+                     f"| {actor_over:.2f} | **{reuse}** "
+                     f"| {_span(loads)} |")  # fmt: skip
+    lines += ["", "Job frames/s include Ray Data's start-up and loading the weights; the actor's rate is the "
+              "steady state a long job approaches. Reuse: `extract.run` again on the store it filled, every shard "
+              "up to date, no frame encoded (checked on every run)."]  # fmt: skip
+    if (results / "features.png").exists():
+        lines += ["", _image(results / "features.png", doc, "features frames/s")]
+    return "\n".join(lines)
+
+
+def train_step(result: dict, results: Path, doc: Path) -> str:
+    """Cached features vs on-the-fly encoders: step time, samples/s, data wait, and the FLOP ratios."""
+    st, c, o, r = result["settings"], result["cached"], result["on_the_fly"], result["cached_over_on_the_fly"]
+    cpu, real = result["cpu_model"], result["real_7b"]
+    loads = [x["load_1m"] for arm in (c, o) for x in arm["runs"]]
+    lines = [
+        f"_Measured {result['date']} on {machine_line(result)}, {result['machine'].get('torch_threads', '?')} torch "
+        f"threads. Batch {st['batch']} clips x {st['frames']} frames, {st['steps']} steps per arm per run, arms "
+        f"alternating, medians of {st['runs']} runs{' after a warm-up step each' if st.get('warmup', True) else ''}; "
+        f"1-minute load {_span(loads)}._",
+        "",
+        "| arm | s/step | samples/s | data-wait share | frozen encoders s/step | runs (s/step) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, arm in (("cached features (feature store)", c), ("on the fly (ffmpeg + ViT + Q-Former)", o)):
+        enc = f"{arm['encode_s']:.2f}" if "encode_s" in arm else "0 (read from the store)"
+        runs = ", ".join(f"{x['step_s']:.2f}" for x in arm["runs"])
+        lines.append(f"| {label} | {arm['step_s']:.2f} | {arm['samples_per_s']:.2f} | "
+                     f"{100 * arm['data_wait_share']:.1f} % | {enc} | {runs} |")  # fmt: skip
+    lines += [
+        "",
+        f"cached / on the fly: step time **{r['step_time']:.2f}**, samples/s **{r['samples_per_s']:.2f}**; data wait "
+        f"with cached features **{100 * c['data_wait_share']:.1f} %** of the step.",
+        "",
+        "Encoder forward (8 frames) over trainable-part forward + backward, per sample:",
+        "",
+        "| setup | encoders GFLOP | trainable part GFLOP | ratio | LLM tokens | parameters (encoders / branch / LLM) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, f in (("real: ViT-g + Q-Former, LLaMA-2 7B", real),
+                     (f"this CPU model (LLaMA 512 x {cpu['llm_layers']})", cpu)):  # fmt: skip
+        pc = f["params"]
+        lines.append(f"| {label} | {f['encoder_gflop_per_sample']:g} | {f['train_gflop_per_sample']:g} | "
+                     f"**{f['encoder_over_train']:.2f}** | {f['llm_tokens']} | {pc['encoder'] / 1e6:.1f}M / "
+                     f"{pc['video_branch'] / 1e6:.1f}M / {pc['llm'] / 1e6:.1f}M |")  # fmt: skip
+    t = cpu.get("counted_by_torch")
+    if t:
+        lines += ["", f"torch's FlopCounterMode on the CPU model: {t['encoder_gflop_per_sample']:g} / "
+                  f"{t['train_gflop_per_sample']:g} GFLOP, ratio {t['encoder_over_train']:.2f}."]  # fmt: skip
+    if (results / "train_step.png").exists():
+        lines += ["", _image(results / "train_step.png", doc, "step time by part")]
+    return "\n".join(lines)
+
+
+TABLES: dict[str, Callable[[dict, Path, Path], str]] = {
+    "ingest_webvid": ingest_webvid,
+    "ingest_cc3m": ingest_cc3m,
+    "features": features,
+    "train_step": train_step,
+}
 
 
 def block(section, result: dict | None, status: dict | None, results: Path, doc: Path) -> str:

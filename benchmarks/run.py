@@ -45,6 +45,8 @@ class Section:
 SECTIONS = (
     Section("ingest_webvid", "benchmarks.ingest_webvid", "WebVid ingestion: ours vs video2dataset vs plain ffmpeg"),
     Section("ingest_cc3m", "benchmarks.ingest_cc3m", "CC3M images: ours (img2dataset under Ray) vs img2dataset alone"),
+    Section("features", "benchmarks.features", "Feature extraction: the job vs the bare encoder forward; reuse"),
+    Section("train_step", "benchmarks.train_step", "Training step: cached features vs on-the-fly encoders"),
 )
 
 

@@ -66,7 +66,7 @@ MODES = (
 
 @dataclass(frozen=True)
 class Plan:
-    """Sizes and repetitions; the default fits about 10 minutes on 2 quiet cores."""
+    """Sizes and repetitions; the default fits about 6-8 minutes on the shared 2 cores."""
 
     sizes: dict[str, tuple[int, ...]]  # mode -> numbers of videos
     runs: int = 3  # measured rounds per size (the figures are their medians)

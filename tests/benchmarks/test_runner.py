@@ -20,12 +20,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import report
 from benchmarks.common import Series
 from benchmarks.ingest_webvid import QUICK as QUICK_PLAN
 from benchmarks.ingest_webvid import fit, mode_b_selected, videos_needed
 from benchmarks.run import SECTIONS
+from benchmarks.train_flops import encoder_flops, fit_layers, llm_flops, real_7b, sample_flops
 from pipelines.sample_plan import plan_video
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,6 +71,52 @@ def test_update_doc_rewrites_blocks_and_appends_new_ones(tmp_path):
     assert text.rstrip().endswith("## b\n\n<!-- results:b -->\nfresh\n<!-- /results:b -->")
     report.update_doc(doc, {"a": "newer"})  # idempotent layout: one block each
     assert doc.read_text().count("<!-- results:a -->") == 1
+
+
+def test_real_7b_flops_match_the_published_sizes():
+    real = real_7b(text_tokens=30)
+    assert real["encoder_gflop_per_frame"] == pytest.approx(533, rel=0.01)  # ViT-g + Q-Former, ~0.53 TFLOP
+    assert real["params"]["llm"] == 6_738_415_616  # LLaMA-2 7B as published
+    assert real["params"]["encoder"] == pytest.approx(1.09e9, rel=0.01)  # EVA ViT-g (39 blocks) + Q-Former
+    # LLaMA fwd + bwd to the soft tokens = 2 x 2 x 6.6B non-embedding weights x 62 tokens, plus attention
+    assert real["llm_tokens"] == 62 and real["train_gflop_per_sample"] == pytest.approx(1650, rel=0.01)
+    assert real["encoder_over_train"] == pytest.approx(2.59, abs=0.01)
+
+
+def test_flop_formulas_agree_with_torch_counting_on_tiny_modules():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import LlamaForCausalLM
+
+    from model.config import SIZES
+    from model.image_encoder import IMAGE_ENCODER_SIZES, FrozenImageEncoder
+    from model.tiny import llama_config
+
+    torch.manual_seed(0)
+    enc = IMAGE_ENCODER_SIZES["tiny"]
+    # the math attention kernel: torch counts its matmuls (CPU's fused kernel goes uncounted)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
+        FrozenImageEncoder(enc).eval()(torch.zeros(1, 3, 224, 224))
+    assert encoder_flops(enc)["total"] == pytest.approx(counter.get_total_flops(), rel=0.05)
+    llm = LlamaForCausalLM(llama_config(SIZES["tiny"].llm)).eval()
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
+        llm(input_ids=torch.zeros(1, 40, dtype=torch.long))
+    assert llm_flops(SIZES["tiny"].llm, 40) == pytest.approx(counter.get_total_flops(), rel=0.05)
+
+
+def test_cpu_size_is_fitted_to_the_real_ratio():
+    from benchmarks.features import register_sizes
+    from benchmarks.train_flops import CPU_SIZE, cpu_size
+    from model.image_encoder import IMAGE_ENCODER_SIZES
+
+    register_sizes()
+    target = real_7b()["encoder_over_train"]
+    layers = fit_layers(target, text_tokens=10)
+    got = sample_flops(cpu_size(layers), IMAGE_ENCODER_SIZES[CPU_SIZE], 10)["encoder_over_train"]
+    assert got == pytest.approx(target, rel=0.05)
+    neighbours = [sample_flops(cpu_size(n), IMAGE_ENCODER_SIZES[CPU_SIZE], 10)["encoder_over_train"]
+                  for n in (layers - 1, layers + 1)]  # fmt: skip
+    assert all(abs(x - target) >= abs(got - target) for x in neighbours)
 
 
 @pytest.mark.slow
@@ -124,3 +172,22 @@ def test_quick_run_end_to_end(tmp_path):
     cc3m = json.loads((results / "ingest_cc3m.json").read_text())  # the images section, at 40 images
     assert cc3m["images"] == 40 and cc3m["pipeline"]["images_per_s"] > 0
     assert f"ours / img2dataset alone: **{cc3m['pipeline_over_img2dataset']:.2f}**" in text
+
+    feats = json.loads((results / "features.json").read_text())  # tiny encoders, 4 clips, one run
+    tiny = feats["sizes"]["tiny"]
+    assert tiny["frames_per_run"] == 4 * 8 and feats["quick"] is True
+    assert tiny["reuse"]["median_s"] < tiny["pipeline"]["job_s_median"]  # nothing computed the second time
+    assert tiny["job_over_bare"] == round(
+        tiny["pipeline"]["frames_per_s_wall"] / tiny["bare_forward"]["frames_per_s"], 3
+    )
+    assert f"| tiny | {tiny['gflop_per_frame']:g} | {tiny['pipeline']['frames_per_s_wall']:.1f} " in text
+
+    train = json.loads((results / "train_step.json").read_text())  # batch 2, one step per arm
+    c, o = train["cached"], train["on_the_fly"]
+    assert [len(b) for b in train["batches"]] == [2, 2] and c["runs"][0]["steps"] == o["runs"][0]["steps"] == 1
+    assert 0 <= c["data_wait_share"] < 1 and 0 < o["encode_s"] < o["step_s"]
+    assert train["cached_over_on_the_fly"]["step_time"] == round(c["step_s"] / o["step_s"], 4)
+    assert train["cpu_model"]["encoder_over_train"] == pytest.approx(train["real_7b"]["encoder_over_train"], rel=0.1)
+    assert f"cached / on the fly: step time **{train['cached_over_on_the_fly']['step_time']:.2f}**" in text
+    for png in ("features.png", "train_step.png"):
+        assert (results / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -138,9 +138,9 @@ def read_media(media_dir: str) -> dict[str, dict]:
     return out
 
 
-def timed_steps(model, optimizer, batches, encoder=None, expect=()) -> dict:
+def timed_steps(model, optimizer, batches, expect: list, encoder=None) -> dict:
     """Step times and data wait over an iterator of batches; with `encoder`, frames go through it first.
-    `expect`: the planned batches, whose keys the loader's batches must match."""
+    `expect`: the planned batches, whose token ids every batch must match (both arms train on the same)."""
     steps, waits, encode = [], [], []
     it = iter(batches)
     while True:
@@ -150,9 +150,9 @@ def timed_steps(model, optimizer, batches, encoder=None, expect=()) -> dict:
         except StopIteration:
             break
         t1 = time.perf_counter()
-        if expect:
-            assert item.keys == expect[len(steps)].keys, (item.keys, expect[len(steps)].keys)
         tensors = dict(item.tensors) if hasattr(item, "tensors") else dict(item)
+        planned = expect[len(steps)]
+        assert torch.equal(tensors["input_ids"], planned.tensors["input_ids"]), f"not the planned {planned.keys}"
         if encoder is not None:
             frames = tensors.pop("frames")
             b, t = frames.shape[:2]
@@ -168,6 +168,8 @@ def timed_steps(model, optimizer, batches, encoder=None, expect=()) -> dict:
         waits.append(t1 - t0)
     out = {"step_s": statistics.mean(steps), "wait_share": sum(waits) / sum(steps), "steps": len(steps),
            "loss": round(float(loss.detach()), 4)}  # fmt: skip
+    if len(steps) > 1:  # the first step also waits for the fresh loader to fill: the steady state is after it
+        out["wait_share_after_first"] = sum(waits[1:]) / sum(steps[1:])
     if encode:
         out["encode_s"] = statistics.mean(encode)
     return out
@@ -177,8 +179,9 @@ def arm_summary(runs: list[dict], batch: int) -> dict:
     step = statistics.median(r["step_s"] for r in runs)
     doc = {"runs": runs, "step_s": round(step, 4), "samples_per_s": round(batch / step, 3),
            "data_wait_share": round(statistics.median(r["wait_share"] for r in runs), 4)}  # fmt: skip
-    if "encode_s" in runs[0]:
-        doc["encode_s"] = round(statistics.median(r["encode_s"] for r in runs), 4)
+    for key in ("encode_s", "wait_share_after_first"):
+        if key in runs[0]:
+            doc[key.replace("wait_share", "data_wait_share")] = round(statistics.median(r[key] for r in runs), 4)
     return doc
 
 
@@ -201,10 +204,10 @@ def measure(args, work: Path) -> dict:
         if name == "cached":
             at = plan[first - 1].positions[DATASET] if first else Position()
             loader = cached_loader(tok, store, spec, args.batch, first, count, at)
-            return timed_steps(model, optimizer, loader, expect=plan[first : first + count])
+            return timed_steps(model, optimizer, loader, plan[first : first + count])
         keys = [b.keys for b in plan[first : first + count]]
         loader = OnTheFlyLoader(media, keys, cfg, spec, tok, spool)
-        return timed_steps(model, optimizer, loader, encoder=encoders.image)
+        return timed_steps(model, optimizer, loader, plan[first : first + count], encoder=encoders.image)
 
     if not args.quick:  # warm-up: allocator, threads, page cache
         run_arm("cached", 0, 1), run_arm("on_the_fly", 0, 1)

@@ -31,8 +31,10 @@ demo: $(STAMP)
 	$(BIN)/vllama sample-data demo-output/sample-data --config configs/sample_data/demo.yaml
 
 # The runner sets up the rest itself: video2dataset's own venv (benchmarks/.peer-venv, built once),
-# the generated inputs (cached under benchmarks/work/). Then every section, the plots and the doc's
-# tables. BENCH_ARGS="--only ingest_webvid" runs one section; "--quick" checks the machinery.
+# the generated inputs (cached under benchmarks/work/). Then every section (WebVid and CC3M ingestion
+# against their peers and limits, feature extraction and reuse, the training step cached vs on the
+# fly; under 20 minutes on 2 cores), the plots and the doc's tables.
+# BENCH_ARGS="--only ingest_webvid" runs one section; "--quick" checks the machinery.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 

@@ -1,6 +1,6 @@
 """Feature extraction throughput against its limit: the bare encoder forward on the same batches.
 
-    .venv/bin/python -m benchmarks.features [--videos 12] [--runs 3] [--sizes small] [--quick]
+    .venv/bin/python -m benchmarks.features [--videos 8] [--runs 3] [--sizes small] [--quick]
                                             [--results DIR] [--work DIR]
 
 Generates a sample set (pipelines.sample_data), writes it as media shards, and for each encoder size
@@ -242,7 +242,7 @@ def bench_gpu(frames: int = 256, runs: int = 3) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--videos", type=int, default=12, help="generated videos (8 frames each go through)")
+    parser.add_argument("--videos", type=int, default=8, help="generated videos (8 frames each go through)")
     parser.add_argument("--runs", type=int, default=3, help="measured runs per setting (after one warm-up)")
     parser.add_argument("--sizes", default="small", help="encoder sizes, comma separated (tiny, small)")
     parser.add_argument("--gpu", action="store_true", help="also time the real ViT-g at bf16 (needs CUDA)")

@@ -1,6 +1,6 @@
 """CC3M ingestion throughput (images/s) against img2dataset alone on the same URLs.
 
-    .venv/bin/python -m benchmarks.ingest_cc3m [--images 1000] [--runs 3] [--quick] [--results DIR] [--work DIR]
+    .venv/bin/python -m benchmarks.ingest_cc3m [--images 500] [--runs 3] [--quick] [--results DIR] [--work DIR]
 
 Generates a sample set of JPEGs (pipelines.sample_data), serves it over HTTP on loopback, writes a
 Conceptual Captions TSV of it, and measures on a local Ray (one CPU per core):
@@ -87,7 +87,7 @@ def measure(label: str, fn, runs: int, n: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--images", type=int, default=500, help="generated JPEGs (500 keeps make bench < 20 min)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="40 images, one run: checks the machinery only")
     parser.add_argument("--results", type=Path, default=RESULTS)

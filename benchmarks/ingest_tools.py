@@ -74,16 +74,21 @@ def mp4_members(out: Path) -> int:
     return count
 
 
-def first_video(out: Path) -> dict:
-    """codec, size and audio of the first mp4 in the first tar (to show both tools wrote the same)."""
-    tar = sorted(out.glob("*.tar"))[0]
-    with tarfile.open(tar) as t:
-        member = next(m for m in t.getmembers() if m.name.endswith(".mp4"))
-        path = out / "first.mp4"
-        path.write_bytes(t.extractfile(member).read())
-    info = media.probe_video(path)
-    path.unlink()
-    return {"codec": info.video_codec, "width": info.width, "height": info.height, "has_audio": info.has_audio}
+def written_videos(out: Path) -> dict:
+    """codec, size and audio of the first mp4 in the first tar, and the sorted (codec, width, height) of
+    every mp4 written: the tools name and order their samples differently (the peer writes them as its
+    downloads finish), so the whole set is what shows both wrote the same videos."""
+    infos = []
+    for tar in sorted(out.glob("*.tar")):
+        with tarfile.open(tar) as t:
+            for member in (m for m in t.getmembers() if m.name.endswith(".mp4")):
+                path = out / "probe.mp4"
+                path.write_bytes(t.extractfile(member).read())
+                infos.append(media.probe_video(path))
+                path.unlink()
+    first = infos[0]
+    return {"codec": first.video_codec, "width": first.width, "height": first.height, "has_audio": first.has_audio,
+            "all": sorted([i.video_codec, i.width, i.height] for i in infos)}  # fmt: skip
 
 
 def _require(ok: bool, tool: str, case: Case, what: str) -> None:

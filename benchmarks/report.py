@@ -101,11 +101,13 @@ def ingest_webvid(result: dict, results: Path, doc: Path) -> str:
     checked = modes.get("b", {}).get("output_check", {})
     if checked.get("ours") and checked.get("peer"):
         o, p = checked["ours"], checked["peer"]
-        lines += [
-            "",
-            f"Mode b output, first clip: ours {o['codec']} {o['width']}x{o['height']}, video2dataset "
-            f"{p['codec']} {p['width']}x{p['height']} (same size: {checked['same_size']}).",
-        ]
+        if "all" in o:  # every clip probed, compared as sorted lists (the tools order their samples differently)
+            sizes = sorted({f"{w}x{h}" for _, w, h in o["all"]})
+            lines += ["", f"Mode b output, every clip probed: {len(o['all'])} {o['codec']} clips from each tool, "
+                      f"the same codec and sizes from both: {checked['same_size']} ({', '.join(sizes)})."]  # fmt: skip
+        else:
+            lines += ["", f"Mode b output, first clip: ours {o['codec']} {o['width']}x{o['height']}, video2dataset "
+                      f"{p['codec']} {p['width']}x{p['height']} (same size: {checked['same_size']})."]  # fmt: skip
     if result.get("peer", {}).get("runtime_patch"):
         lines += ["", f"Run-time patch in the peer's process (mode b): {result['peer']['runtime_patch']}."]
     for png, alt in (("ingest_webvid_scaling.png", "videos/s vs videos"), ("ingest_webvid_ratios.png", "ratios")):

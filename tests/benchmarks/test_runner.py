@@ -1,5 +1,5 @@
 """The benchmark runner, so it cannot silently rot: its arithmetic on fixed numbers, and one
-reduced end-to-end run of every section (`benchmarks.run --quick`, ~1.5-2.5 min on 2 cores) with
+reduced end-to-end run of every section (`benchmarks.run --quick`, ~4 min on 2 shared cores) with
 the real video2dataset in its own venv.
 
 The end-to-end test builds benchmarks/.peer-venv the way `make bench` does (PyPI is reachable in

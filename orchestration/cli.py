@@ -18,6 +18,8 @@ COMMANDS = [
     "features",
     "train",
     "generate",
+    "chain",
+    "demo",
 ]
 
 

@@ -18,6 +18,7 @@ COMMANDS = [
     "features",
     "train",
     "generate",
+    "plan",
 ]
 
 

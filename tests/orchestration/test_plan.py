@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from model.config import LLAMA2_7B, SIZES
 from model.image_encoder import IMAGE_ENCODER_SIZES, FrozenImageEncoder
 from model.imagebind import IMAGEBIND_SIZES, ImageBindEncoder
 from orchestration import flops
+from orchestration.cli import build_parser, main
 from orchestration.plan import PlanConfig, load_recipe, make_plan, parse_count
 from orchestration.unit_costs import FALLBACK_CLIP_INGEST_CORE_S, FALLBACK_EFFICIENCY, FALLBACK_IMAGE_INGEST_CORE_S
 
@@ -246,3 +248,52 @@ def test_notes_flag_unread_views_and_small_steps():
     assert any("--views 3 cuts the stage-1 feature FLOPs by 25%" in n for n in plan.notes)
     assert any(n.startswith("VL stage 1: 260 tokens per GPU per step") for n in plan.notes)
     assert not any("--views" in n for n in make_plan(PlanConfig(views=3)).notes)
+
+
+def test_cli_prints_every_stage_and_where_figures_come_from(capsys):
+    assert main(["plan", "--videos", "2.5M", "--images", "595K", "--gpus", "64", "--gpu", "a100"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("vllama plan: 2,500,000 clips + 595,000 images")
+    assert "64 x A100" in out
+    for stage in [*STAGES, "total, cached", "total, on-the-fly"]:
+        assert f"\n{stage} " in out, stage
+    for section in ("measured:", "assumptions:", "notes:", "AMD EPYC x2 cores", "4 x params x tokens", "$21.96/h"):
+        assert section in out, section
+
+
+def test_cli_json(capsys):
+    assert main(["plan", "--gpus", "16", "--views", "2", "--clip-size", "640x360", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["config"]["gpus"], doc["config"]["views"], doc["config"]["clip_width"]) == (16, 2, 640)
+    assert sorted({s["stage"] for s in doc["stages"]}) == sorted(STAGES)
+    assert set(doc["totals"]) == {"cached", "on-the-fly"}
+    assert doc["totals"]["cached"]["cost_usd"] == pytest.approx(
+        sum(s["cost_usd"] for s in doc["stages"] if s["path"] in ("all", "cached"))
+    )
+    assert doc["encoder_gflop"]["vl_frame"] == pytest.approx(533.467, abs=1e-3)
+
+
+def test_cli_bad_input_is_a_clear_error(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        main(["plan", "--videos", "2.5X"])
+    assert exit_.value.code == 2
+    assert "'2.5X' is not a count; write e.g. 2500000, 2.5M or 595K" in capsys.readouterr().err
+    assert main(["plan", "--mfu", "1.5"]) == 2
+    assert "mfu" in capsys.readouterr().err
+    assert main(["plan", "--train-configs", str(tmp_path)]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["plan", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["plan"]
+    for action in sub._actions:
+        assert action.help and len(action.help) > 15, action.dest
+        for flag in action.option_strings:
+            assert flag in out, flag
+    for word in ("MFU", "on the fly", "benchmarks/results", "2.5M", "(default: 2,500,000)", "(default: 596x336)"):
+        assert word in out, word
+    assert math.isclose(PlanConfig().cpu_core_hour_usd, 1.36 / 32)

@@ -175,10 +175,10 @@ COLUMNS = ("stage", "path", "units", "EFLOP", "hours", "GPU-h", "vCPU-h", "cost 
 
 
 def _number(x: float) -> str:
-    """Thousands separated; hours under 10 keep a decimal, so short stages do not read as 0."""
+    """Two significant digits under 1 and a decimal under 10, so short stages do not read as 0; thousands separated."""
     if not x:
         return "-"
-    return f"{x:,.2f}" if x < 1 else f"{x:,.1f}" if x < 10 else f"{x:,.0f}"
+    return f"{x:.2g}" if x < 1 else f"{x:,.1f}" if x < 10 else f"{x:,.0f}"
 
 
 def _cells(row) -> list[str]:

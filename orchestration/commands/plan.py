@@ -116,13 +116,10 @@ def _argument(defaults, field: str, kind, text: str) -> dict:
         default = f"{getattr(defaults, prefix + '_width')}x{getattr(defaults, prefix + '_height')}"
         return {"type": _size, "metavar": "WxH", "help": f"{text} (default: {default})"}
     default = getattr(defaults, field)
-    shown = (
-        ""
-        if default is None or "default:" in text
-        else f" (default: {default:,})"
-        if kind is _count
-        else (f" (default: {default})")
-    )
+    if default is None or "default:" in text:
+        shown = ""
+    else:
+        shown = f" (default: {default:,})" if kind is _count else f" (default: {default})"
     choices = {"gpu": ["a100", "h100"], "model": ["7b", "13b"]}.get(field)
     metavar = None if choices else "DIR" if kind is str else "N"
     return {"type": kind, "choices": choices, "metavar": metavar, "help": text + shown}

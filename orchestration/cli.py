@@ -20,6 +20,7 @@ COMMANDS = [
     "generate",
     "chain",
     "demo",
+    "plan",
 ]
 
 

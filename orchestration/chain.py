@@ -158,8 +158,10 @@ def run_train(path: str, overrides: list[str]) -> StageResult:
     cfg = load_config(TrainConfig, path, overrides)
     export = checkpointing.export_paths(cfg.run_dir, cfg.model.branch, model_size(cfg.model.size))
     if storage.exists(export["pth"], cfg.storage):
-        lines = [f"{cfg.name}: already finished; weights {export['pth']}", *_mlflow_lines(read_tracking(cfg))]
-        return StageResult("train", path, True, True, 0.0, lines, {"weights": export["pth"], "llm": cfg.model.llm})
+        tracking = read_tracking(cfg)
+        lines = [f"{cfg.name}: already finished; weights {export['pth']}", *_mlflow_lines(tracking)]
+        outputs = {"weights": export["pth"], **_mlflow_outputs(tracking)}
+        return StageResult("train", path, True, True, 0.0, lines, outputs)
     t0 = time.perf_counter()
     result = run(cfg)
     seconds = time.perf_counter() - t0

@@ -57,4 +57,5 @@ def test_demo_learns_then_reuses_everything(tmp_path):
     assert "vl_stage1_demo: already finished" in second
     assert "tiny LLaMA: reused" in second and "encoders: reused" in second
     assert f"colour named right in {hits}/{total}" in second  # same weights, greedy: the same captions
+    assert re.search(r"MLflow run [0-9a-f]{32}: open its UI", second)
     assert second_s < first_s / 2, (first_s, second_s)

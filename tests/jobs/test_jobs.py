@@ -1,4 +1,8 @@
-"""Each job script is the matching `vllama` subcommand: same arguments, run from any directory."""
+"""Each job script is the matching `vllama` subcommand, run from the copy of the checkout that Ray uploads.
+
+The copy is built by Ray's own working-dir packaging with the job's runtime env (its `excludes`, Ray's
+default excludes and .gitignore), so a job that needs a file its runtime env leaves behind fails here.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,77 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 JOBS = sorted(p.name for p in (REPO / "jobs").glob("*.py"))
+TRAIN_STAGES = ("vl_stage1", "vl_stage2", "al_stage1", "al_stage2")
+
+
+def _uploaded_copy(job: str, dest: Path) -> Path:
+    """The working dir as `ray job submit --working-dir . --runtime-env jobs/runtime_envs/<job>.yaml` ships it."""
+    from ray._private.runtime_env.packaging import create_package, unzip_package
+    from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
+
+    env = yaml.safe_load((REPO / "jobs" / "runtime_envs" / f"{job}.yaml").read_text())
+    package = dest.with_suffix(".zip")
+
+    def pack(working_dir: str, excludes: list[str] | None = None, is_file: bool = False) -> None:
+        create_package(working_dir, package, include_gitignore=True, excludes=excludes)
+
+    upload_working_dir_if_needed({**env, "working_dir": str(REPO)}, include_gitignore=True, upload_fn=pack)
+    unzip_package(str(package), str(dest), remove_top_level_directory=False, unlink_zip=True)
+    return dest
+
+
+def _start_job(copy: Path, job: str, *args: str, home: Path) -> subprocess.Popen:
+    """As the job's driver runs: cwd is the uploaded copy, PYTHONPATH is not this checkout's."""
+    env = {"PATH": str(Path(sys.executable).parent), "HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, f"jobs/{job}.py", *args]
+    return subprocess.Popen(cmd, cwd=copy, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+# Each job is its stage's subcommand: its help names the stage's config folder.
+CONFIG_FOLDER = {
+    "extract_features": "configs/features/",
+    **{f"ingest_{s}": f"configs/ingest_{s}/" for s in ("webvid", "cc3m", "llava595k", "instruct")},
+    **{f"train_{s}": "configs/train/" for s in TRAIN_STAGES},
+}
+
+
+def test_every_job_is_listed():
+    assert sorted(f"{job}.py" for job in CONFIG_FOLDER) == JOBS
 
 
 @pytest.mark.parametrize("job", JOBS)
-def test_job_help_runs_from_outside_the_checkout(job, tmp_path):
-    """As under `ray job submit`, where the working dir is an uploaded copy and PYTHONPATH is not ours."""
-    env = {"PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path)}
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "jobs" / job), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "--config" in proc.stdout and "KEY=VALUE" in proc.stdout
+def test_job_help_runs_from_the_uploaded_copy(job, tmp_path):
+    stem = job.removesuffix(".py")
+    copy = _uploaded_copy(stem, tmp_path / "working_dir")
+    assert (copy / "jobs" / job).is_file() and not (copy / ".venv").exists()
+    proc = _start_job(copy, stem, "--help", home=tmp_path)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "--config" in out and "KEY=VALUE" in out
+    assert CONFIG_FOLDER[stem] in out
+
+
+@pytest.mark.slow
+def test_train_jobs_default_to_their_7b_config_and_pass_overrides(tmp_path):
+    """Without --config a training job loads configs/train/<stage>_7b.yaml of the uploaded copy; overrides
+    reach it. A config error stops the job before Ray or a GPU is touched (exit 2), after `vllama train`
+    has imported torch and DeepSpeed (~10 s each), so the five jobs run at once."""
+    copy = _uploaded_copy("train_vl_stage1", tmp_path / "working_dir")
+    runs = {
+        stage: _start_job(copy, f"train_{stage}", "scaling.workers=16", "scaling.wokers=2", home=tmp_path)
+        for stage in TRAIN_STAGES
+    }
+    tiny = "configs/train/vl_stage1_tiny.yaml"
+    explicit = _start_job(copy, "train_vl_stage1", "--config", tiny, "x=1", home=tmp_path)
+    for stage, proc in runs.items():
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2, err[-2000:]
+        default = copy / "configs" / "train" / f"{stage}_7b.yaml"
+        assert f"{default}: override 'scaling.wokers': unknown key; allowed: workers, use_gpu" in err
+        assert "scaling.workers" not in err.replace("scaling.wokers", "")  # the good override was accepted
+    _, err = explicit.communicate(timeout=300)
+    assert explicit.returncode == 2 and f"{tiny}: override 'x': unknown key" in err, err[-2000:]

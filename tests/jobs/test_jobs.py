@@ -6,6 +6,8 @@ default excludes and .gitignore), so a job that needs a file its runtime env lea
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -65,23 +67,46 @@ def test_job_help_runs_from_the_uploaded_copy(job, tmp_path):
     assert CONFIG_FOLDER[stem] in out
 
 
-@pytest.mark.slow
-def test_train_jobs_default_to_their_7b_config_and_pass_overrides(tmp_path):
-    """Without --config a training job loads configs/train/<stage>_7b.yaml of the uploaded copy; overrides
-    reach it. A config error stops the job before Ray or a GPU is touched (exit 2), after `vllama train`
-    has imported torch and DeepSpeed (~10 s each), so the five jobs run at once."""
+def _job_module(copy: Path, job: str):
+    """The uploaded copy's jobs/<job>.py, imported (its `Path(__file__)` is in the copy)."""
+    spec = importlib.util.spec_from_file_location(f"uploaded_{job}", copy / "jobs" / f"{job}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _dry_run(out: str) -> dict:
+    """The JSON `vllama train --dry-run` prints, after any log line DeepSpeed writes to stdout first."""
+    return json.loads(out[out.index('{\n  "train"') :])
+
+
+def test_train_jobs_default_to_their_7b_config_and_pass_overrides(tmp_path, monkeypatch, capsys):
+    """Without --config a training job runs configs/train/<stage>_7b.yaml of the uploaded copy; overrides reach
+    it; an explicit --config wins. In-process `--dry-run`s: torch and DeepSpeed are imported once, not per job."""
     copy = _uploaded_copy("train_vl_stage1", tmp_path / "working_dir")
-    runs = {
-        stage: _start_job(copy, f"train_{stage}", "scaling.workers=16", "scaling.wokers=2", home=tmp_path)
-        for stage in TRAIN_STAGES
-    }
-    tiny = "configs/train/vl_stage1_tiny.yaml"
-    explicit = _start_job(copy, "train_vl_stage1", "--config", tiny, "x=1", home=tmp_path)
-    for stage, proc in runs.items():
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 2, err[-2000:]
-        default = copy / "configs" / "train" / f"{stage}_7b.yaml"
-        assert f"{default}: override 'scaling.wokers': unknown key; allowed: workers, use_gpu" in err
-        assert "scaling.workers" not in err.replace("scaling.wokers", "")  # the good override was accepted
-    _, err = explicit.communicate(timeout=300)
-    assert explicit.returncode == 2 and f"{tiny}: override 'x': unknown key" in err, err[-2000:]
+    monkeypatch.chdir(copy)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # each job puts its working dir first; undone afterwards
+    for stage in TRAIN_STAGES:
+        job = _job_module(copy, f"train_{stage}")
+        assert job.DEFAULT_CONFIG.relative_to(copy).as_posix() == f"configs/train/{stage}_7b.yaml"
+        assert job.main(["--dry-run", f"name={stage}_smoke", "scaling.workers=16"]) == 0
+        resolved = _dry_run(capsys.readouterr().out)
+        want = yaml.safe_load(job.DEFAULT_CONFIG.read_text())
+        train = resolved["train"]
+        assert (train["name"], train["scaling"]["workers"]) == (f"{stage}_smoke", 16)  # the overrides
+        assert (train["stage"], train["storage_path"], train["model"]["llm"], train["model"]["branch"]) == (
+            want["stage"],
+            want["storage_path"],
+            want["model"]["llm"],
+            want["model"]["branch"],
+        )
+        assert train["optim"] == {**train["optim"], **want["optim"]}  # the recipe's schedule, not the defaults
+        assert (
+            resolved["global_batch"] == resolved["deepspeed"]["train_batch_size"] == 16 * want["scaling"]["micro_batch"]
+        )
+
+    job = _job_module(copy, "train_al_stage2")
+    assert job.main(["scaling.wokers=2"]) == 2
+    assert f"{job.DEFAULT_CONFIG}: override 'scaling.wokers': unknown key; allowed: workers" in capsys.readouterr().err
+    assert job.main(["--config", "configs/train/al_stage2_tiny.yaml", "--dry-run"]) == 0
+    assert _dry_run(capsys.readouterr().out)["train"]["name"] == "al_stage2_tiny"

@@ -132,3 +132,16 @@ def test_cc3m_jobs_set_albumentations_quiet(rendered):
         env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]
         imports_img2dataset = name in ("ingest-cc3m", "chain")
         assert (env.get("NO_ALBUMENTATIONS_UPDATE") == "1") == imports_img2dataset, name
+
+
+def test_the_chain_uses_the_prefixes_of_the_stage_jobs(rendered):
+    """Stage by stage or as one chain, the runs read and write the same places (and skip each other's work)."""
+    _chain_pending("chain")
+    chain = flatten(to_dict(_load(rendered["chain"]), redact=False))
+    cfg = {name: _load(rendered[name]) for name in ("ingest-webvid", "extract-features", "train-vl-stage1")}
+    assert cfg["ingest-webvid"].csv == f"{chain['inputs']}/webvid/results_2M_train.csv"
+    assert cfg["ingest-webvid"].out == f"{chain['media']}/webvid"
+    assert cfg["extract-features"].root == chain["features"]
+    assert cfg["extract-features"].encoders.weights == f"{chain['models']}/encoders"
+    assert cfg["train-vl-stage1"].storage_path == chain["runs"]
+    assert cfg["train-vl-stage1"].model.llm == f"{chain['models']}/llama-2-7b-chat-hf"

@@ -46,7 +46,7 @@ def test_renders_every_template_with_the_outputs(render, sample_outputs, tmp_pat
         "python jobs/extract_features.py --config configs/features/7b.yaml"
         " sources.webvid=s3://vllama-123456789012-us-east-1-media/shards/webvid"
         " sources.webvid_val=s3://vllama-123456789012-us-east-1-media/shards/webvid_val"
-        " sources.llava_cc3m=s3://vllama-123456789012-us-east-1-media/shards/llava595k"
+        " sources.llava_cc3m=s3://vllama-123456789012-us-east-1-media/shards/llava_cc3m"
         " root=s3://vllama-123456789012-us-east-1-features/features"
         " encoders.weights=s3://vllama-123456789012-us-east-1-checkpoints/pretrained/encoders actors=8"
     )

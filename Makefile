@@ -4,6 +4,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# img2dataset imports albumentations, which would otherwise check PyPI for updates on import.
+export NO_ALBUMENTATIONS_UPDATE := 1
 # The stamp is named after pyproject's hash, so editing dependencies re-installs.
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
@@ -27,8 +29,10 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# The whole chain on generated data: sample videos served on loopback -> ingest -> features ->
+# VL stage 1 (tiny) -> captions of held-out videos; everything under demo-output/, reused on re-runs.
 demo: $(STAMP)
-	$(BIN)/vllama sample-data demo-output/sample-data --config configs/sample_data/demo.yaml
+	$(BIN)/vllama demo $(DEMO_ARGS)
 
 # The runner sets up the rest itself: video2dataset's own venv (benchmarks/.peer-venv, built once),
 # the generated inputs (cached under benchmarks/work/). Then every section (WebVid and CC3M ingestion

@@ -181,7 +181,7 @@ def pretrain_tiny_llama(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     model.eval()
     out = Path(out_dir)
     model.save_pretrained(out)

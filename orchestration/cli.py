@@ -18,6 +18,9 @@ COMMANDS = [
     "features",
     "train",
     "generate",
+    "chain",
+    "demo",
+    "plan",
 ]
 
 

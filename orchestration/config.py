@@ -33,6 +33,7 @@ CONFIG_KINDS: dict[str, str] = {
     "ingest_instruct": "pipelines.sources.media_sets:MediaSetsIngestConfig",
     "features": "pipelines.features.extract:FeatureExtractConfig",
     "train": "orchestration.train_config:TrainConfig",
+    "chain": "orchestration.chain:ChainConfig",
 }
 
 _SECRET_NAME = re.compile(r"(secret|password|token|access_key|credential)", re.IGNORECASE)

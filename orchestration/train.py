@@ -53,6 +53,7 @@ def run(cfg: TrainConfig) -> TrainResult:
 
     ds = engine_lib.resolve_deepspeed(cfg)
     check_store(cfg)
+    warn_stale_build_lock()
     fmt.write_ref(cfg.data.store, cfg.name, {"run_dir": cfg.run_dir, "stage": cfg.stage}, cfg.storage)
     s = cfg.scaling
     log.info("%s: global batch %d = %d workers x %d micro-batch x %d accumulation; %d steps",
@@ -103,6 +104,23 @@ def check_store(cfg: TrainConfig) -> None:
                 f"feature store {cfg.data.store} has no complete shards for dataset {d.name!r} "
                 f"(it has {fmt.datasets(cfg.data.store, cfg.storage)}); run `vllama features extract` for it first"
             )
+
+
+def warn_stale_build_lock(extension: str = "deepspeed_shm_comm", stale_s: float = 900) -> None:
+    """DeepSpeed JIT-builds its CPU shared-memory op on first use, under torch's file lock. A build
+    killed midway leaves the lock behind and every later worker waits on it forever, silently: say so."""
+    import time
+
+    from torch.utils.cpp_extension import _get_build_directory
+
+    lock = os.path.join(_get_build_directory(extension, False), "lock")
+    if os.path.exists(lock) and time.time() - os.path.getmtime(lock) > stale_s:
+        log.warning(
+            "%s is %.0f minutes old: a DeepSpeed op build was probably killed, and workers will wait on it "
+            "forever; if no compiler is running (pgrep cc1plus), delete it",
+            lock,
+            (time.time() - os.path.getmtime(lock)) / 60,
+        )
 
 
 def read_tracking(cfg: TrainConfig) -> dict:

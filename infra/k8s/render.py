@@ -10,6 +10,12 @@ infra/terraform. This fills them in and writes the result under build/k8s/ (git-
 
 A placeholder without a matching output fails the whole render, naming file, line and name,
 before anything is written. Kubernetes' own `$(VAR)` references are left alone.
+
+A few values exist only once a stage has run, such as the fingerprint of the feature store the
+training jobs read. They are not Terraform outputs; give them with `--set NAME=VALUE` (RUN_VALUES).
+A template that needs one that is not given is left out and named, and the rest render:
+
+    python infra/k8s/render.py --set pretrain_fingerprint=50aefdc85b1e0995   # after extract-features
 """
 
 from __future__ import annotations
@@ -29,6 +35,13 @@ TEMPLATE_DIRS = ("base", "cluster", "jobs")
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # Values land inside YAML scalars (often double-quoted): these characters would change the document.
 UNSAFE_VALUE = re.compile(r'["\\\n\r\t]')
+FINGERPRINT = r"[0-9a-f]{16}"  # pipelines/features/store.py: 16 hex digits of the store identity's sha256
+
+# Placeholders filled with `--set NAME=VALUE` instead of a Terraform output: name -> (pattern, what it is).
+RUN_VALUES: dict[str, tuple[str, str]] = {
+    "pretrain_fingerprint": (FINGERPRINT, "the fingerprint of the feature store extract-features wrote"),
+    "instruct_fingerprint": (FINGERPRINT, "the fingerprint of the feature store extract-features-instruct wrote"),
+}
 
 
 class RenderError(ValueError):
@@ -42,6 +55,34 @@ def templates(root: Path = HERE) -> list[Path]:
 
 def placeholders(text: str) -> set[str]:
     return set(PLACEHOLDER.findall(text))
+
+
+def run_values_needed(text: str) -> set[str]:
+    return placeholders(text) & RUN_VALUES.keys()
+
+
+def parse_run_values(items: list[str]) -> dict[str, dict]:
+    """`["NAME=VALUE", ...]` from --set -> outputs-shaped {name: {"value": ...}}, each checked against RUN_VALUES."""
+    values = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in RUN_VALUES:
+            raise RenderError(f"--set {item!r}: expected NAME=VALUE with NAME one of {', '.join(RUN_VALUES)}")
+        pattern, what = RUN_VALUES[name]
+        if not re.fullmatch(pattern, value):
+            raise RenderError(f"--set {name}={value!r}: expected {what}, matching {pattern}")
+        values[name] = {"value": value, "sensitive": False}
+    return values
+
+
+def deferred(values: dict[str, dict], root: Path = HERE) -> dict[Path, list[str]]:
+    """Templates left out because they need run values not in `values`: {template: [names]}."""
+    out = {}
+    for path in templates(root):
+        missing = run_values_needed(path.read_text()) - values.keys()
+        if missing:
+            out[path] = sorted(missing)
+    return out
 
 
 def parse_outputs(raw: str, source: str) -> dict[str, dict]:
@@ -110,17 +151,24 @@ def render_text(text: str, outputs: dict[str, dict], source: str) -> str:
     return rendered
 
 
-def render_tree(outputs: dict[str, dict], out_dir: Path, root: Path = HERE) -> list[Path]:
+def render_tree(
+    outputs: dict[str, dict], out_dir: Path, root: Path = HERE, values: dict[str, dict] | None = None
+) -> list[Path]:
     """Render every template under `root` into `out_dir`, keeping the base/cluster/jobs layout.
 
-    Nothing is written unless every template renders.
+    `values` are the run values (`parse_run_values`); templates that need one not given are skipped
+    (`deferred`). Nothing is written unless every other template renders.
     """
+    values = values or {}
+    skip = deferred(values, root)
     rendered: dict[Path, str] = {}
     errors: list[str] = []
     for path in templates(root):
+        if path in skip:
+            continue
         rel = path.relative_to(root)
         try:
-            rendered[rel] = render_text(path.read_text(), outputs, str(rel))
+            rendered[rel] = render_text(path.read_text(), {**outputs, **values}, str(rel))
         except RenderError as e:
             errors.append(str(e))
     if errors:
@@ -139,18 +187,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outputs", type=Path, help="saved `terraform output -json` (default: ask terraform)")
     parser.add_argument("--tf-dir", type=Path, default=REPO / "infra" / "terraform", help="Terraform stack")
     parser.add_argument("--out", type=Path, default=REPO / "build" / "k8s", help="where rendered manifests go")
+    parser.add_argument(
+        "--set",
+        dest="values",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help=f"a value known only after a stage ran (repeatable): {', '.join(RUN_VALUES)}",
+    )
     args = parser.parse_args(argv)
     try:
+        values = parse_run_values(args.values)
         if args.outputs is not None:
             outputs = parse_outputs(args.outputs.read_text(), str(args.outputs))
         else:
             outputs = terraform_outputs(args.tf_dir)
-        written = render_tree(outputs, args.out)
+        written = render_tree(outputs, args.out, values=values)
     except (RenderError, OSError) as e:
         print(f"render.py: {e}", file=sys.stderr)
         return 1
     for path in written:
         print(path)
+    for path, names in deferred(values).items():
+        needs = "; ".join(f"--set {n}=VALUE, {RUN_VALUES[n][1]}" for n in names)
+        print(f"not rendered: {path.relative_to(HERE)} needs {needs}", file=sys.stderr)
     return 0
 
 

@@ -53,13 +53,14 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from orchestration.config import load_config, to_dict
-    from orchestration.engine import resolve_deepspeed
     from orchestration.train_config import TrainConfig
 
     if args.config is None:
         print("vllama train: --config is required, e.g. configs/train/vl_stage1_tiny.yaml", file=sys.stderr)
         return 2
-    cfg = load_config(TrainConfig, args.config, args.overrides)
+    cfg = load_config(TrainConfig, args.config, args.overrides)  # config errors before torch and DeepSpeed load
+    from orchestration.engine import resolve_deepspeed
+
     try:
         ds = resolve_deepspeed(cfg)
     except (FileNotFoundError, ValueError) as e:

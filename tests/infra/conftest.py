@@ -35,6 +35,17 @@ def output_names() -> set[str]:
 
 
 @pytest.fixture(scope="session")
+def irsa_roles() -> dict[str, dict[str, set[str]]]:
+    """Service account -> {"read": buckets, "write": buckets} its IRSA role may touch (iam.tf's irsa_roles)."""
+    rows = re.findall(
+        r'\w+\s*=\s*\{\s*service_account\s*=\s*"([\w-]+)",\s*read\s*=\s*\[([^\]]*)\],\s*write\s*=\s*\[([^\]]*)\]',
+        (TF_DIR / "iam.tf").read_text(),
+    )
+    assert len(rows) == 5, rows
+    return {sa: {"read": set(re.findall(r'"(\w+)"', r)), "write": set(re.findall(r'"(\w+)"', w))} for sa, r, w in rows}
+
+
+@pytest.fixture(scope="session")
 def sample_outputs() -> dict[str, dict]:
     """A `terraform output -json` of an applied stack (account 123456789012, us-east-1)."""
     return json.loads(SAMPLE_OUTPUTS.read_text())

@@ -18,18 +18,22 @@ DOCKERFILE = REPO / "infra" / "docker" / "Dockerfile"
 # GPU group (nothing to run on it); training reads cached features, so it has no CPU group.
 RAYJOBS = {
     "ingest-webvid": ("ingest_webvid", "ingest_service_account", {"cpu"}),
+    "ingest-webvid-val": ("ingest_webvid", "ingest_service_account", {"cpu"}),
     "ingest-cc3m": ("ingest_cc3m", "ingest_service_account", {"cpu"}),
+    "ingest-llava595k": ("ingest_llava595k", "ingest_service_account", {"cpu"}),
     "ingest-instruct": ("ingest_instruct", "ingest_service_account", {"cpu"}),
-    "extract-features": ("extract_features", "extract_service_account", {"cpu", "gpu"}),
-    "train-vl-stage1": ("train", "train_service_account", {"gpu"}),
-    "train-vl-stage2": ("train", "train_service_account", {"gpu"}),
-    "train-al-stage1": ("train", "train_service_account", {"gpu"}),
-    "train-al-stage2": ("train", "train_service_account", {"gpu"}),
+    # Each GPU actor decodes its own frames on the GPU node's CPUs: no CPU group.
+    "extract-features": ("extract_features", "extract_service_account", {"gpu"}),
+    "extract-features-instruct": ("extract_features", "extract_service_account", {"gpu"}),
+    "train-vl-stage1": ("train_vl_stage1", "train_service_account", {"gpu"}),
+    "train-vl-stage2": ("train_vl_stage2", "train_service_account", {"gpu"}),
+    "train-al-stage1": ("train_al_stage1", "train_service_account", {"gpu"}),
+    "train-al-stage2": ("train_al_stage2", "train_service_account", {"gpu"}),
     "chain": ("chain", "chain_service_account", {"cpu", "gpu"}),
 }
 ENTRYPOINT = re.compile(
     r"^python jobs/(?P<script>[a-z0-9_]+)\.py --config (?P<config>configs/(?P<kind>[a-z0-9_]+)/(?P<name>[\w.-]+)\.yaml)"
-    r"(?P<overrides>(?: [A-Za-z_][\w.]*=\S+)*)$"
+    r"(?P<overrides>(?: '?[A-Za-z_][\w.]*=\S+)*)$"  # overrides holding [ ] (YAML lists) are quoted for the shell
 )
 TRAIN_CONFIG = re.compile(r"^configs/train/(?P<stage>(?:vl|al)_stage[12])_(?:tiny|7b|13b)\.yaml$")
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -56,16 +60,6 @@ def _pods(spec: dict) -> dict[str, dict]:
     return pods
 
 
-def _irsa_access() -> dict[str, set[str]]:
-    """Service account -> buckets its IRSA role may touch, read from iam.tf's irsa_roles table."""
-    rows = re.findall(
-        r'\w+\s*=\s*\{\s*service_account\s*=\s*"([\w-]+)",\s*read\s*=\s*\[([^\]]*)\],\s*write\s*=\s*\[([^\]]*)\]',
-        (TF_DIR / "iam.tf").read_text(),
-    )
-    assert len(rows) == 5, rows
-    return {sa: set(re.findall(r'"(\w+)"', read + write)) for sa, read, write in rows}
-
-
 def test_templates_parse_as_kubernetes_objects(manifests):
     assert set(manifests) == {
         "base/00-namespace.yaml",
@@ -82,13 +76,18 @@ def test_templates_parse_as_kubernetes_objects(manifests):
             if doc["kind"] in NAMESPACED:
                 assert doc["metadata"]["namespace"] == "${k8s_namespace}", f"{path}: {doc['kind']} namespace"
     kinds = sorted(doc["kind"] for docs in manifests.values() for doc in docs)
-    assert kinds.count("RayJob") == 9 and kinds.count("ServiceAccount") == 5 and kinds.count("RayCluster") == 1
+    assert (
+        kinds.count("RayJob") == len(RAYJOBS) and kinds.count("ServiceAccount") == 5 and kinds.count("RayCluster") == 1
+    )
 
 
-def test_every_placeholder_is_a_terraform_output(render, output_names):
+def test_every_placeholder_is_a_terraform_output_or_a_run_value(render, output_names):
+    assert not output_names & render.RUN_VALUES.keys()
     for path in render.templates():
-        missing = render.placeholders(path.read_text()) - output_names
+        missing = render.placeholders(path.read_text()) - output_names - render.RUN_VALUES.keys()
         assert not missing, f"{path.name}: placeholders without a Terraform output: {sorted(missing)}"
+        if render.run_values_needed(path.read_text()):  # only training waits on a feature store's fingerprint
+            assert path.name.startswith("train-"), path.name
 
 
 def test_images_buckets_and_roles_come_only_from_outputs(manifests):
@@ -107,10 +106,10 @@ def test_images_buckets_and_roles_come_only_from_outputs(manifests):
     assert "arn:aws" not in text and ".amazonaws.com/" not in text.replace("eks.amazonaws.com/role-arn", "")
 
 
-def test_rayjob_entrypoints_name_a_job_and_a_config(manifests):
+def test_rayjob_entrypoints_name_a_job_and_a_config(manifests, irsa_roles):
     jobs = _rayjobs(manifests)
     assert set(jobs) == set(RAYJOBS)
-    access = _irsa_access()
+    access = {sa: role["read"] | role["write"] for sa, role in irsa_roles.items()}
     for name, job in jobs.items():
         script, sa_output, _ = RAYJOBS[name]
         m = ENTRYPOINT.match(job["spec"]["entrypoint"])
@@ -118,9 +117,9 @@ def test_rayjob_entrypoints_name_a_job_and_a_config(manifests):
             f"{name}: entrypoint {job['spec']['entrypoint']!r}: want `python jobs/X.py --config configs/K/F.yaml k=v`"
         )
         assert m["script"] == script, name
-        if script == "train":
+        if script.startswith("train_"):
             train = TRAIN_CONFIG.match(m["config"])
-            assert train and train["stage"] == name.removeprefix("train-").replace("-", "_"), (name, m["config"])
+            assert train and train["stage"] == script.removeprefix("train_"), (name, m["config"])
         # Every bucket a stage is pointed at must be one its IRSA role can reach.
         buckets = set(re.findall(r"s3://\$\{(\w+)_bucket\}", m["overrides"]))
         sa_name = {"ingest": "ray-ingest", "extract": "ray-extract", "train": "ray-train", "chain": "ray-chain"}[

@@ -23,8 +23,11 @@ def test_sample_outputs_cover_every_terraform_output(sample_outputs, output_name
     assert set(sample_outputs) == output_names
 
 
+RUN_VALUES = ["pretrain_fingerprint=0123456789abcdef", "instruct_fingerprint=fedcba9876543210"]
+
+
 def test_renders_every_template_with_the_outputs(render, sample_outputs, tmp_path):
-    written = render.render_tree(sample_outputs, tmp_path)
+    written = render.render_tree(sample_outputs, tmp_path, values=render.parse_run_values(RUN_VALUES))
     assert sorted(p.relative_to(tmp_path) for p in written) == sorted(
         p.relative_to(render.HERE) for p in render.templates()
     )
@@ -40,10 +43,17 @@ def test_renders_every_template_with_the_outputs(render, sample_outputs, tmp_pat
     }
     (job,) = docs["jobs/extract-features.yaml"]
     assert job["spec"]["entrypoint"] == (
-        "python jobs/extract_features.py --config configs/extract_features/full.yaml"
-        " shards=s3://vllama-123456789012-us-east-1-media/shards"
-        " store=s3://vllama-123456789012-us-east-1-features/store"
-        " weights=s3://vllama-123456789012-us-east-1-checkpoints/pretrained"
+        "python jobs/extract_features.py --config configs/features/7b.yaml"
+        " sources.webvid=s3://vllama-123456789012-us-east-1-media/shards/webvid"
+        " sources.webvid_val=s3://vllama-123456789012-us-east-1-media/shards/webvid_val"
+        " sources.llava_cc3m=s3://vllama-123456789012-us-east-1-media/shards/llava_cc3m"
+        " root=s3://vllama-123456789012-us-east-1-features/features"
+        " encoders.weights=s3://vllama-123456789012-us-east-1-checkpoints/pretrained/encoders actors=8"
+    )
+    (train,) = docs["jobs/train-al-stage1.yaml"]
+    assert (
+        " data.store=s3://vllama-123456789012-us-east-1-features/features/0123456789abcdef "
+        in (train["spec"]["entrypoint"])
     )
     head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
     assert head["serviceAccountName"] == "ray-extract"
@@ -61,7 +71,7 @@ def test_renders_every_template_with_the_outputs(render, sample_outputs, tmp_pat
 def test_missing_output_fails_naming_it_and_writes_nothing(render, sample_outputs, tmp_path):
     outputs = {k: v for k, v in sample_outputs.items() if k != "features_bucket"}
     with pytest.raises(render.RenderError) as err:
-        render.render_tree(outputs, tmp_path / "out")
+        render.render_tree(outputs, tmp_path / "out", values=render.parse_run_values(RUN_VALUES))
     message = str(err.value)
     assert "${features_bucket} has no Terraform output named 'features_bucket'" in message
     # Every use is reported with its file and line, e.g. the extract job's store= override.
@@ -96,14 +106,15 @@ def test_unfit_output_values_are_refused(render, sample_outputs, name, output, r
 def test_cli_reports_missing_output_and_exits_nonzero(sample_outputs, tmp_path):
     good = tmp_path / "good.json"
     good.write_text(json.dumps(sample_outputs))
+    sets = [arg for value in RUN_VALUES for arg in ("--set", value)]
     ok = subprocess.run(
-        [sys.executable, str(RENDER), "--outputs", str(good), "--out", str(tmp_path / "k8s")],
+        [sys.executable, str(RENDER), "--outputs", str(good), "--out", str(tmp_path / "k8s"), *sets],
         capture_output=True,
         text=True,
         check=False,
     )
     assert ok.returncode == 0, ok.stderr
-    assert len(ok.stdout.split()) == 13 and (tmp_path / "k8s" / "jobs" / "chain.yaml").is_file()
+    assert len(ok.stdout.split()) == 16 and (tmp_path / "k8s" / "jobs" / "chain.yaml").is_file()
 
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({k: v for k, v in sample_outputs.items() if k != "image"}))
@@ -129,3 +140,39 @@ def test_cli_rejects_outputs_that_are_not_terraform_json(tmp_path):
     )
     assert proc.returncode == 1
     assert "expected `terraform output -json` format" in proc.stderr
+
+
+def test_training_waits_for_its_store_fingerprint(render, sample_outputs, tmp_path):
+    """Before extraction there is no fingerprint: the training jobs are left out and named, the rest render."""
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(sample_outputs))
+    proc = subprocess.run(
+        [sys.executable, str(RENDER), "--outputs", str(good), "--out", str(tmp_path / "k8s"), "--set", RUN_VALUES[0]],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rendered = sorted(p.relative_to(tmp_path / "k8s").as_posix() for p in (tmp_path / "k8s").rglob("*.yaml"))
+    assert "jobs/train-vl-stage1.yaml" in rendered and "jobs/train-al-stage1.yaml" in rendered
+    assert "jobs/train-vl-stage2.yaml" not in rendered and "jobs/train-al-stage2.yaml" not in rendered
+    assert len(rendered) == 14 and len(proc.stdout.split()) == 14
+    for stage in ("vl", "al"):
+        assert (
+            f"not rendered: jobs/train-{stage}-stage2.yaml needs --set instruct_fingerprint=VALUE, "
+            "the fingerprint of the feature store extract-features-instruct wrote"
+        ) in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("item", "reason"),
+    [
+        ("pretrain_fingerprint=50AEFDC85B1E0995", "matching"),  # fingerprints are lower-case hex
+        ("pretrain_fingerprint=s3://bucket/features/50aefdc85b1e0995", "matching"),  # the fingerprint, not the URI
+        ("store=50aefdc85b1e0995", "NAME one of pretrain_fingerprint, instruct_fingerprint"),
+        ("pretrain_fingerprint", "expected NAME=VALUE"),
+    ],
+)
+def test_bad_run_values_are_refused(render, item, reason):
+    with pytest.raises(render.RenderError, match=reason):
+        render.parse_run_values([item])

@@ -1,6 +1,7 @@
 """Feature extraction throughput against its limit: the bare encoder forward on the same batches.
 
-    .venv/bin/python benchmarks/features.py [--videos 24] [--runs 3] [--sizes tiny,small]
+    .venv/bin/python -m benchmarks.features [--videos 8] [--runs 3] [--sizes small] [--quick]
+                                            [--results DIR] [--work DIR]
 
 Generates a sample set (pipelines.sample_data), writes it as media shards, and for each encoder size
 measures, on the same samples, views and batches (`batch_frames` frames of whole samples):
@@ -9,6 +10,8 @@ measures, on the same samples, views and batches (`batch_frames` frames of whole
   ffmpeg decoding in the actor's pool, feature shards written), from an empty store each run. Two
   rates: frames/s over the job's wall time (actor start-up and weight loading included) and frames/s
   over the time the actor spent on shards (the steady state a long job approaches);
+- reuse: the same job run again on the store it just filled (same config, so the same fingerprint):
+  its seconds, and a check that nothing was computed (every shard up to date, no frame encoded);
 - the limit: the same encoder stack in one process, a Ray actor with the same CPUs (so the same torch
   threads and process priority), timing only the forward passes over the same batches, every sample
   decoded beforehand.
@@ -16,9 +19,11 @@ measures, on the same samples, views and batches (`batch_frames` frames of whole
 The pipeline's overhead is 1 - (steady-state frames/s) / (bare frames/s): decoding competing for the
 CPU, waiting on decode, storage. Sizes: `tiny` (model/'s test size) and `small`, a CPU-sized stand-in
 for the real encoders (ViT 256 wide x 4 blocks, Q-Former 256 x 2, ImageBind vision 256 x 4, audio 256 x 2;
-about 30 times tiny's FLOPs per frame). With a CUDA device, `--gpu` also times the real EVA ViT-g + Q-Former
+about 30 times tiny's FLOPs per frame; the default, since tiny's figures are all start-up cost).
+With a CUDA device, `--gpu` also times the real EVA ViT-g + Q-Former
 at bf16 and reports frames/s and the share of the GPU's peak bf16 FLOP/s reached. Medians of --runs runs
-after one warm-up. Writes benchmarks/results/features.json.
+after one warm-up, each with the 1-minute load average at its start. Writes <results>/features.json
+(benchmarks/run.py runs it as the `features` section).
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import time
@@ -37,6 +41,7 @@ import pyarrow as pa
 import ray
 import torch
 
+from benchmarks.common import RESULTS, WORK, load_1m, machine
 from model.frozen_encoders import EncoderCheckpoints, FrozenEncoders, save_random_checkpoints
 from model.image_encoder import IMAGE_ENCODER_SIZES, FrozenImageEncoder
 from pipelines import shards
@@ -45,9 +50,6 @@ from pipelines.features import store as st
 from pipelines.features.extract import FeatureExtractConfig
 from pipelines.sample_data import SampleDataConfig, generate
 
-HERE = Path(__file__).resolve().parent
-WORK = HERE / "work" / "features"
-RESULTS = HERE / "results" / "features.json"
 BATCH_FRAMES = 32
 # GPU peak dense bf16 FLOP/s by device name (vendor datasheets, SXM parts).
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
@@ -70,10 +72,10 @@ def register_sizes() -> None:
     )
 
 
-def media_shards(videos: int, per_shard: int) -> str:
+def media_shards(work: Path, videos: int, per_shard: int) -> str:
     """Generated videos as media shards in the ingestion format; their folder."""
-    sample = generate(SampleDataConfig(out=str(WORK / "sample"), videos=videos, images=1, seed=0))
-    out = WORK / "media" / "webvid"
+    sample = generate(SampleDataConfig(out=str(work / "sample"), videos=videos, images=1, seed=0))
+    out = work / "media" / "webvid"
     shutil.rmtree(out, ignore_errors=True)
     items = [(s.id, {"mp4": Path(sample.path(s.file)), "txt": s.caption.encode()}) for s in sample.videos]
     for index, start in enumerate(range(0, len(items), per_shard)):
@@ -85,11 +87,11 @@ def media_shards(videos: int, per_shard: int) -> str:
     return str(out)
 
 
-def config(size: str, media: str, root: Path, cpus: int) -> FeatureExtractConfig:
+def config(size: str, media: str, work: Path, cpus: int) -> FeatureExtractConfig:
     return FeatureExtractConfig(
         sources={"webvid": media},
-        root=str(root),
-        encoders={"weights": str(WORK / f"weights-{size}"), "image": size, "imagebind": size},
+        root=str(work / f"stores-{size}"),
+        encoders={"weights": str(work / f"weights-{size}"), "image": size, "imagebind": size},
         preprocess={"num_frames": 8, "sampling": "headtail", "views": 1, "crop": True},
         actors=1,
         cpus_per_actor=cpus,
@@ -100,17 +102,21 @@ def config(size: str, media: str, root: Path, cpus: int) -> FeatureExtractConfig
 
 
 def pipeline_run(cfg: FeatureExtractConfig) -> dict:
+    """The job from an empty store, then again on the store it filled (the reuse case)."""
     shutil.rmtree(cfg.root, ignore_errors=True)
+    load = load_1m()
     s = extract.run(cfg)
     assert not s.shards_failed and s.samples_failed == 0, s.text()
     decode_s = sum(m["seconds"]["decode_threads"] for m in st.markers(s.store, "webvid").values())
+    again = extract.run(cfg)  # same config: same fingerprint, every shard's marker matches its media shard
+    assert again.store == s.store and not again.shards_computed and again.frames == 0, again.text()
+    assert again.shards_up_to_date == again.shards_total == s.shards_total, again.text()
     return {"job_s": s.job_seconds, "actor_s": s.actor_seconds, "encode_s": s.encode_seconds, "frames": s.frames,
-            "decode_thread_s": round(decode_s, 3)}  # fmt: skip
+            "decode_thread_s": round(decode_s, 3), "reuse_s": again.seconds, "load_1m": load}  # fmt: skip
 
 
-def bare_batches(cfg: FeatureExtractConfig) -> list[list[views.Prepared]]:
+def bare_batches(cfg: FeatureExtractConfig, spool: Path) -> list[list[views.Prepared]]:
     """Every sample decoded and viewed as the pipeline does it, grouped into the pipeline's batches."""
-    spool = WORK / "spool"
     spool.mkdir(parents=True, exist_ok=True)
     samples = []
     for index in shards.complete_shards(cfg.sources["webvid"]):
@@ -135,10 +141,10 @@ class BareForward:
     under load, torch's CPU ops from a process's main thread ran 2-3x slower than the same ops from a
     worker thread with the same thread count, which would flatter the pipeline."""
 
-    def __init__(self, cfg: FeatureExtractConfig):
+    def __init__(self, cfg: FeatureExtractConfig, spool: Path):
         paths = EncoderCheckpoints.in_directory(cfg.encoders.weights)
         self.encoders = FrozenEncoders.from_checkpoints(paths, cfg.encoders.image, cfg.encoders.imagebind)
-        self.batches = bare_batches(cfg)
+        self.batches = bare_batches(cfg, spool)
 
     def run(self) -> dict:
         with ThreadPoolExecutor(1) as pool:
@@ -167,32 +173,42 @@ def median_of(runs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
-def bench_size(size: str, media: str, runs: int, cpus: int) -> dict:
-    save_random_checkpoints(WORK / f"weights-{size}", size, size, seed=0)
-    cfg = config(size, media, WORK / f"stores-{size}", cpus)
+def bench_size(size: str, media: str, runs: int, cpus: int, work: Path, warmup: bool = True) -> dict:
+    save_random_checkpoints(work / f"weights-{size}", size, size, seed=0)
+    cfg = config(size, media, work, cpus)
     pipeline, bare = [], []
-    for _ in range(runs + 1):  # interleaved, so load from other jobs on a shared machine hits both alike
+    for _ in range(runs + warmup):  # interleaved, so load from other jobs on a shared machine hits both alike
         pipeline.append(pipeline_run(cfg))
-        limit = ray.remote(num_cpus=cpus)(BareForward).remote(cfg)  # a fresh process, like each run's actor
-        bare.append(ray.get(limit.run.remote()))
+        limit = ray.remote(num_cpus=cpus)(BareForward).remote(cfg, work / "spool")  # fresh, as each run's actor
+        load = load_1m()
+        bare.append(ray.get(limit.run.remote()) | {"load_1m": load})
         info = ray.get([limit.gflop_per_frame.remote(), limit.parameters.remote()])
         ray.kill(limit)
-    pipeline, bare = pipeline[1:], bare[1:]  # the first run warms the page cache and Ray
+    pipeline, bare = pipeline[warmup:], bare[warmup:]  # the first run warms the page cache and Ray
     frames = pipeline[0]["frames"]
     wall = frames / median_of(pipeline, "job_s")
     steady = frames / median_of(pipeline, "actor_s")
     best = frames / median_of(bare, "forward_s")
-    print(f"  {size}: pipeline {wall:.1f} frames/s wall, {steady:.1f} in the actor; bare forward {best:.1f}")
+    reuse = median_of(pipeline, "reuse_s")
+    print(f"  {size}: pipeline {wall:.1f} frames/s wall, {steady:.1f} in the actor; bare forward {best:.1f}; "
+          f"reuse {reuse:.2f} s", flush=True)  # fmt: skip
     return {
         "parameters": info[1],
         "gflop_per_frame": round(info[0], 3),
         "torch_threads": bare[0]["threads"],
         "frames_per_run": frames,
         "pipeline": {"runs": pipeline, "frames_per_s_wall": round(wall, 2), "frames_per_s_actor": round(steady, 2),
-                     "encoder_busy": round(median_of(pipeline, "encode_s") / median_of(pipeline, "actor_s"), 3)},
+                     "encoder_busy": round(median_of(pipeline, "encode_s") / median_of(pipeline, "actor_s"), 3),
+                     "job_s_median": round(median_of(pipeline, "job_s"), 3)},
+        # the second run of the same config on a full store: planning + manifest, no shard computed
+        "reuse": {"seconds": [r["reuse_s"] for r in pipeline], "median_s": round(reuse, 3),
+                  "over_job": round(reuse / median_of(pipeline, "job_s"), 4)},
         # decoding (ffmpeg select + scale, audio, crop, normalise) per decode thread: sizes CPUs per GPU actor
         "decode_frames_per_s_per_thread": round(frames / median_of(pipeline, "decode_thread_s"), 1),
-        "bare_forward": {"runs": [round(r["forward_s"], 3) for r in bare], "frames_per_s": round(best, 2)},
+        "bare_forward": {"runs": [round(r["forward_s"], 3) for r in bare], "load_1m": [r["load_1m"] for r in bare],
+                         "frames_per_s": round(best, 2)},
+        "job_over_bare": round(wall / best, 3),
+        "actor_over_bare": round(steady / best, 3),
         "overhead_vs_bare": round(1 - steady / best, 3),
     }  # fmt: skip
 
@@ -224,53 +240,47 @@ def bench_gpu(frames: int = 256, runs: int = 3) -> dict:
             "share_of_peak_bf16": round(fps * flops_per_frame / peak, 3) if peak else None}  # fmt: skip
 
 
-def machine(cpus: int) -> dict:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "?")
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "cores_used": cpus,
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "ray": ray.__version__,
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "note": "shared machine: other engineers' jobs ran at the same time, so figures are noisy",
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--videos", type=int, default=12, help="generated videos (8 frames each go through)")
+    parser.add_argument("--videos", type=int, default=8, help="generated videos (8 frames each go through)")
     parser.add_argument("--runs", type=int, default=3, help="measured runs per setting (after one warm-up)")
-    parser.add_argument("--sizes", default="tiny,small", help="encoder sizes, comma separated")
+    parser.add_argument("--sizes", default="small", help="encoder sizes, comma separated (tiny, small)")
     parser.add_argument("--gpu", action="store_true", help="also time the real ViT-g at bf16 (needs CUDA)")
+    parser.add_argument("--quick", action="store_true", help="4 videos, tiny, 1 run, no warm-up: machinery only")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--work", type=Path, default=WORK / "features")
     args = parser.parse_args()
+    if args.quick:
+        args.videos, args.runs, args.sizes = 4, 1, "tiny"
     register_sizes()
-    load_start = round(os.getloadavg()[0], 1)  # recorded: on a shared machine other jobs slow both sides
+    load_start = load_1m()  # recorded: on a shared machine other jobs slow both sides
     cpus = os.cpu_count() or 1
-    WORK.mkdir(parents=True, exist_ok=True)
-    media = media_shards(args.videos, per_shard=8)
+    args.work.mkdir(parents=True, exist_ok=True)
+    media = media_shards(args.work, args.videos, per_shard=8)
     ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False,
              runtime_env={"worker_process_setup_hook": register_sizes})  # fmt: skip
+    t0 = time.perf_counter()
     results = {
         "benchmark": "features",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": machine(cpus),
+        "machine": machine({"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None})
+        | {"cores_used": cpus},
         "videos": args.videos,
         "preprocess": "8 frames, headtail, 1 view, clip crop",
         "batch_frames": BATCH_FRAMES,
         "runs": args.runs,
-        "sizes": {size: bench_size(size, media, args.runs, cpus) for size in args.sizes.split(",")},
+        "warmup": not args.quick,
+        "quick": args.quick,
+        "sizes": {s: bench_size(s, media, args.runs, cpus, args.work, not args.quick) for s in args.sizes.split(",")},
     }
     ray.shutdown()
-    results["machine"]["load_average_1m_start_end"] = [load_start, round(os.getloadavg()[0], 1)]
+    results["load_1m_start_end"] = [load_start, load_1m()]
     if args.gpu:
         results["gpu"] = bench_gpu() if torch.cuda.is_available() else "no CUDA device on this machine"
-    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"wrote {RESULTS}")
+    results["total_s"] = round(time.perf_counter() - t0, 1)
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "features.json").write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {args.results / 'features.json'}")
 
 
 if __name__ == "__main__":

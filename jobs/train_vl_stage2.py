@@ -17,18 +17,15 @@ its newest checkpoint.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the uploaded working dir
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # jobs/_train.py, beside this file
 
-from orchestration.cli import main as vllama
+import _train
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "train" / "vl_stage2_7b.yaml"
+DEFAULT_CONFIG = _train.default_config("vl_stage2")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if not any(a == "--config" or a.startswith("--config=") for a in args):
-        args = ["--config", str(DEFAULT_CONFIG), *args]
-    return vllama(["train", *args])
+    return _train.run(DEFAULT_CONFIG, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

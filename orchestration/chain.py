@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from string import Template
 from typing import Literal
 
-from orchestration.config import ConfigError, load_config
+from orchestration.config import ConfigError, config_class, load_config
 from pipelines import storage
 from pipelines.config import config_dataclass
 
@@ -95,24 +95,19 @@ def _ingest_lines(summary, out: str) -> tuple[list[str], bool]:
     return summary.text().splitlines() + [f"  shards in {out}"], nothing
 
 
-def run_ingest_webvid(path: str, overrides: list[str]) -> StageResult:
-    from pipelines.sources import webvid
+def _run_single_source(kind: str, source: str):
+    """Runner for a source whose `run(cfg)` returns one RunSummary (WebVid, CC3M)."""
 
-    cfg = load_config(webvid.WebVidIngestConfig, path, overrides)
-    t0 = time.perf_counter()
-    summary = webvid.run(cfg)
-    lines, nothing = _ingest_lines(summary, cfg.out)
-    return StageResult("ingest_webvid", path, not summary.shards_failed, nothing, time.perf_counter() - t0, lines)
+    def runner(path: str, overrides: list[str]) -> StageResult:
+        import importlib
 
+        cfg = load_config(config_class(kind), path, overrides)
+        t0 = time.perf_counter()
+        summary = importlib.import_module(f"pipelines.sources.{source}").run(cfg)
+        lines, nothing = _ingest_lines(summary, cfg.out)
+        return StageResult(kind, path, not summary.shards_failed, nothing, time.perf_counter() - t0, lines)
 
-def run_ingest_cc3m(path: str, overrides: list[str]) -> StageResult:
-    from pipelines.sources import cc3m
-
-    cfg = load_config(cc3m.CC3MIngestConfig, path, overrides)
-    t0 = time.perf_counter()
-    summary = cc3m.run(cfg)
-    lines, nothing = _ingest_lines(summary, cfg.out)
-    return StageResult("ingest_cc3m", path, not summary.shards_failed, nothing, time.perf_counter() - t0, lines)
+    return runner
 
 
 INSTRUCT_SETS = ("cc_sbu_align", "llava_instruct", "videochat")  # `vllama ingest instruct`'s sets
@@ -189,8 +184,8 @@ def _mlflow_lines(tracking: dict) -> list[str]:
 
 
 RUNNERS: dict[str, Callable[[str, list[str]], StageResult]] = {
-    "ingest_webvid": run_ingest_webvid,
-    "ingest_cc3m": run_ingest_cc3m,
+    "ingest_webvid": _run_single_source("ingest_webvid", "webvid"),
+    "ingest_cc3m": _run_single_source("ingest_cc3m", "cc3m"),
     "ingest_llava595k": _run_media_sets("ingest_llava595k", ["llava595k"]),
     "ingest_instruct": _run_media_sets("ingest_instruct", None),
     "features": run_features,
@@ -198,27 +193,16 @@ RUNNERS: dict[str, Callable[[str, list[str]], StageResult]] = {
 }
 
 
-CONFIG_CLASSES = {
-    "ingest_webvid": "pipelines.sources.webvid:WebVidIngestConfig",
-    "ingest_cc3m": "pipelines.sources.cc3m:CC3MIngestConfig",
-    "ingest_llava595k": "pipelines.sources.media_sets:MediaSetsIngestConfig",
-    "ingest_instruct": "pipelines.sources.media_sets:MediaSetsIngestConfig",
-    "features": "pipelines.features.extract:FeatureExtractConfig",
-    "train": "orchestration.train_config:TrainConfig",
-}
 OUTPUTS = ("store", "weights")  # variables that stages set for the stages after them
 
 
 def check(cfg: ChainConfig) -> None:
     """Load every stage's config before the first stage starts, so a typo in stage 5 fails now, not
     after hours of ingestion (outputs of earlier stages stand in as placeholders)."""
-    import importlib
-
     values = {**cfg.roots, **{k: f"{cfg.roots['runs']}/placeholder-{k}" for k in OUTPUTS}}
     for i, stage in enumerate(cfg.stages):
-        module, cls = CONFIG_CLASSES[stage.stage].split(":")
         try:
-            load_config(getattr(importlib.import_module(module), cls), stage.config, expand(stage.overrides, values))
+            load_config(config_class(stage.stage), stage.config, expand(stage.overrides, values))
         except ValueError as e:
             raise ConfigError(f"chain stage {i + 1} ({stage.stage}): {e}") from None
 

@@ -274,7 +274,7 @@ def preprocess_audio(
 
     Stereo is not mixed down: as in the original, the fbank reads the first channel.
     """
-    audio = torch.tensor(waveform, dtype=torch.float32)  # a copy: decoded buffers are read-only
+    audio = torch.as_tensor(np.array(waveform, dtype=np.float32))  # a copy: decoded buffers are read-only
     audio = audio.unsqueeze(0) if audio.ndim == 1 else audio
     if audio.ndim != 2:
         raise ValueError(f"expected audio (N,) or (channels, N), got shape {tuple(audio.shape)}")

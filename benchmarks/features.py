@@ -55,23 +55,6 @@ BATCH_FRAMES = 32
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 
 
-def register_sizes() -> None:
-    """The benchmark's CPU stand-in size, added to model/'s tables here and in every Ray worker.
-
-    The imports are inside: Ray pickles this function by value, and it must change the worker's modules.
-    """
-    from model.image_encoder import IMAGE_ENCODER_SIZES, ImageEncoderConfig
-    from model.imagebind import IMAGEBIND_SIZES, ImageBindConfig
-
-    IMAGE_ENCODER_SIZES["small"] = ImageEncoderConfig(
-        vit_width=256, vit_depth=4, vit_heads=4, vit_mlp=1024, qformer_width=256, qformer_depth=2, qformer_heads=4,
-        qformer_mlp=1024,
-    )  # fmt: skip
-    IMAGEBIND_SIZES["small"] = ImageBindConfig(
-        out_dim=256, vision_width=256, vision_depth=4, vision_heads=4, audio_width=256, audio_depth=2, audio_heads=4
-    )
-
-
 def media_shards(work: Path, videos: int, per_shard: int) -> str:
     """Generated videos as media shards in the ingestion format; their folder."""
     sample = generate(SampleDataConfig(out=str(work / "sample"), videos=videos, images=1, seed=0))
@@ -252,13 +235,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.videos, args.runs, args.sizes = 4, 1, "tiny"
-    register_sizes()
     load_start = load_1m()  # recorded: on a shared machine other jobs slow both sides
     cpus = os.cpu_count() or 1
     args.work.mkdir(parents=True, exist_ok=True)
     media = media_shards(args.work, args.videos, per_shard=8)
-    ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False,
-             runtime_env={"worker_process_setup_hook": register_sizes})  # fmt: skip
+    ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False)
     t0 = time.perf_counter()
     results = {
         "benchmark": "features",

@@ -73,8 +73,9 @@ def img2dataset_run(urls: list[str], captions: list[str], work: Path) -> float:
     return time.perf_counter() - t0
 
 
-def measure(label: str, fn, runs: int, n: int) -> dict:
-    fn()  # warm-up: Ray workers start and import img2dataset
+def measure(label: str, fn, runs: int, n: int, warmup: bool = True) -> dict:
+    if warmup:
+        fn()  # Ray workers start and import img2dataset
     seconds, loads = [], []
     for _ in range(runs):
         loads.append(load_1m())
@@ -89,7 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=500, help="generated JPEGs (500 keeps make bench < 20 min)")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="40 images, one run: checks the machinery only")
+    parser.add_argument("--quick", action="store_true", help="40 images, 1 run, no warm-up: machinery only")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--work", type=Path, default=WORK / "ingest_cc3m")
     args = parser.parse_args()
@@ -115,14 +116,16 @@ def main() -> None:
         "samples_per_shard": SHARD,
         "img2dataset_settings": IMG2DATASET,
         "runs": args.runs,
+        "warmup": not args.quick,
     }
     with StaticServer(Path(sample.root)) as server:  # as an image host would serve them
         tsv = sample.write_cc3m_tsv(str(work / "cc3m.tsv"), base_url=server.base_url, split=None)
         urls = [f"{server.base_url}/{s.file}" for s in sample.images]
         captions = [s.caption for s in sample.images]
-        result["pipeline"] = measure("vllama ingest cc3m", lambda: pipeline_run(tsv, n, work), args.runs, n)
+        warmup = not args.quick
+        result["pipeline"] = measure("vllama ingest cc3m", lambda: pipeline_run(tsv, n, work), args.runs, n, warmup)
         result["img2dataset_alone"] = measure(
-            "img2dataset alone", lambda: img2dataset_run(urls, captions, work), args.runs, n
+            "img2dataset alone", lambda: img2dataset_run(urls, captions, work), args.runs, n, warmup
         )
     result["pipeline_over_img2dataset"] = round(
         result["pipeline"]["images_per_s"] / result["img2dataset_alone"]["images_per_s"], 3

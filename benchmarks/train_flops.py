@@ -24,7 +24,7 @@ from model.config import SIZES, LlmSize, ModelSize, QFormerSize
 from model.image_encoder import IMAGE_ENCODER_SIZES, ImageEncoderConfig
 
 FRAMES = 8
-CPU_SIZE = "small"  # the encoders' name in model/'s tables (registered by benchmarks.features.register_sizes)
+CPU_SIZE = "small"  # the encoders' CPU stand-in in model/'s tables
 # FFN 8/3 x 512 rounded to 8 (LLaMA's rule); vocab = the tiny tokenizer's; depth is fitted (`fit_layers`).
 CPU_LLM = LlmSize(hidden=512, layers=8, heads=8, kv_heads=8, intermediate=1376, vocab_size=768, max_positions=512,
                   rms_norm_eps=1e-5)  # fmt: skip

@@ -255,7 +255,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.videos, args.batch, args.steps, args.runs = 4, 2, 1, 1
-    fb.register_sizes()
     args.work.mkdir(parents=True, exist_ok=True)
     t0, load = time.perf_counter(), load_1m()
     result = {

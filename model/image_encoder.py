@@ -68,6 +68,12 @@ IMAGE_ENCODER_SIZES: dict[str, ImageEncoderConfig] = {
         vit_width=48, vit_depth=2, vit_heads=4, vit_mlp=192, qformer_width=64, qformer_depth=2, qformer_heads=4,
         qformer_mlp=128,
     ),
+    # The benchmarks' CPU stand-in (benchmarks/features.py, train_step.py): big enough that the encoder's
+    # share of a training step can be fitted to the real 7B setup's (benchmarks/train_flops.py).
+    "small": ImageEncoderConfig(
+        vit_width=256, vit_depth=4, vit_heads=4, vit_mlp=1024, qformer_width=256, qformer_depth=2, qformer_heads=4,
+        qformer_mlp=1024,
+    ),
 }  # fmt: skip
 
 

@@ -85,6 +85,10 @@ IMAGEBIND_SIZES: dict[str, ImageBindConfig] = {
     "tiny": ImageBindConfig(
         out_dim=64, vision_width=48, vision_depth=2, vision_heads=4, audio_width=32, audio_depth=2, audio_heads=4
     ),
+    # The benchmarks' CPU stand-in, next to image_encoder's "small".
+    "small": ImageBindConfig(
+        out_dim=256, vision_width=256, vision_depth=4, vision_heads=4, audio_width=256, audio_depth=2, audio_heads=4
+    ),
 }
 
 

@@ -1,6 +1,7 @@
-"""The benchmark runner, so it cannot silently rot: its arithmetic on fixed numbers, and one
-reduced end-to-end run of every section (`benchmarks.run --quick`, ~4 min on 2 shared cores) with
-the real video2dataset in its own venv.
+"""The benchmark runner, so it cannot silently rot: its arithmetic on fixed numbers; in seconds, the
+plots and doc tables redrawn from the committed results and one reduced section run through the
+runner; and one reduced end-to-end run of every section (`benchmarks.run --quick`, ~2.5 min on 2
+cores) with the real video2dataset in its own venv.
 
 The end-to-end test builds benchmarks/.peer-venv the way `make bench` does (PyPI is reachable in
 CI; ~1.5 min with uv's cache warm, a few more cold) and reuses it afterwards, then runs every
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -27,6 +30,7 @@ from benchmarks.common import Series
 from benchmarks.ingest_webvid import QUICK as QUICK_PLAN
 from benchmarks.ingest_webvid import fit, mode_b_selected, videos_needed
 from benchmarks.run import SECTIONS
+from benchmarks.run import main as run_main
 from benchmarks.train_flops import encoder_flops, fit_layers, llm_flops, real_7b, sample_flops
 from pipelines.sample_plan import plan_video
 
@@ -105,11 +109,9 @@ def test_flop_formulas_agree_with_torch_counting_on_tiny_modules():
 
 
 def test_cpu_size_is_fitted_to_the_real_ratio():
-    from benchmarks.features import register_sizes
     from benchmarks.train_flops import CPU_SIZE, cpu_size
     from model.image_encoder import IMAGE_ENCODER_SIZES
 
-    register_sizes()
     target = real_7b()["encoder_over_train"]
     layers = fit_layers(target, text_tokens=10)
     got = sample_flops(cpu_size(layers), IMAGE_ENCODER_SIZES[CPU_SIZE], 10)["encoder_over_train"]
@@ -117,6 +119,42 @@ def test_cpu_size_is_fitted_to_the_real_ratio():
     neighbours = [sample_flops(cpu_size(n), IMAGE_ENCODER_SIZES[CPU_SIZE], 10)["encoder_over_train"]
                   for n in (layers - 1, layers + 1)]  # fmt: skip
     assert all(abs(x - target) >= abs(got - target) for x in neighbours)
+
+
+def result_blocks(text: str) -> dict[str, str]:
+    return dict(re.findall(r"<!-- results:(\w+) -->\n(.*?)<!-- /results:\1 -->", text, re.S))
+
+
+def test_committed_results_redraw_into_the_committed_doc(tmp_path):
+    """`--report-only` over benchmarks/results/: every plot drawn again, and the doc's tables come out
+    exactly as committed (the doc is what the report code makes of the JSON next to it)."""
+    results, doc = tmp_path / "benchmarks" / "results", tmp_path / "docs" / "PERFORMANCE.md"  # the repo's layout
+    doc.parent.mkdir()
+    shutil.copytree(REPO / "benchmarks" / "results", results, ignore=shutil.ignore_patterns("*.png"))
+    committed = (REPO / "docs" / "PERFORMANCE.md").read_text()
+    stale = re.sub(r"(<!-- results:(\w+) -->\n).*?(<!-- /results:\2 -->)", r"\1stale\n\3", committed, flags=re.S)
+    doc.write_text(stale)
+    assert run_main(["--report-only", "--results", str(results), "--doc", str(doc)]) == 0
+    blocks = result_blocks(doc.read_text())
+    assert blocks == result_blocks(committed) and set(blocks) >= {s.name for s in SECTIONS}
+    for png in sorted((REPO / "benchmarks" / "results").glob("*.png")):
+        assert (results / png.name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png.name
+
+
+def test_runner_runs_a_reduced_section_in_its_own_process(tmp_path):
+    """The runner's own path (subprocess, status, run.json, plots, doc) on its cheapest section, ~15 s."""
+    results, doc, work = tmp_path / "results", tmp_path / "PERFORMANCE.md", tmp_path / "work"
+    doc.write_text((REPO / "docs" / "PERFORMANCE.md").read_text())
+    args = ["--quick", "--only", "train_step", "--results", str(results), "--doc", str(doc), "--work", str(work)]
+    assert run_main(args) == 0
+    run = json.loads((results / "run.json").read_text())
+    assert run["quick"] is True and run["selected"] == ["train_step"]
+    assert run["sections"]["train_step"]["status"] == "ok" and run["sections"]["train_step"]["seconds"] > 0
+    train = json.loads((results / "train_step.json").read_text())
+    assert train["cached"]["runs"][0]["steps"] == 1 and train["machine"]["cores"] == os.cpu_count()
+    assert (results / "train_step.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ratio = train["cached_over_on_the_fly"]["step_time"]
+    assert f"cached / on the fly: step time **{ratio:.2f}**" in doc.read_text()
 
 
 @pytest.mark.slow

@@ -70,7 +70,6 @@ def test_stack_is_frozen_and_validates_arguments(paths, stack):
     assert not any(p.requires_grad for p in stack.parameters())
     stack.train()
     assert not any(m.training for m in stack.modules())
-    # not "small": benchmarks/features.py registers a "small" stand-in in the tables when imported
     with pytest.raises(ValueError, match="unknown encoder size 'no_such_size'"):
         FrozenEncoders.from_checkpoints(paths, image_size="no_such_size")
     with pytest.raises(ValueError, match="dtype torch.int8 not supported"):

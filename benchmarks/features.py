@@ -20,8 +20,7 @@ The pipeline's overhead is 1 - (steady-state frames/s) / (bare frames/s): decodi
 CPU, waiting on decode, storage. Sizes: `tiny` (model/'s test size) and `small`, a CPU-sized stand-in
 for the real encoders (ViT 256 wide x 4 blocks, Q-Former 256 x 2, ImageBind vision 256 x 4, audio 256 x 2;
 about 30 times tiny's FLOPs per frame; the default, since tiny's figures are all start-up cost).
-With a CUDA device, `--gpu` also times the real EVA ViT-g + Q-Former
-at bf16 and reports frames/s and the share of the GPU's peak bf16 FLOP/s reached. Medians of --runs runs
+The real encoders on a GPU at bf16 are the `gpu` section's (benchmarks/gpu.py). Medians of --runs runs
 after one warm-up, each with the 1-minute load average at its start. Writes <results>/features.json
 (benchmarks/run.py runs it as the `features` section).
 """
@@ -43,7 +42,6 @@ import torch
 
 from benchmarks.common import RESULTS, WORK, load_1m, machine
 from model.frozen_encoders import EncoderCheckpoints, FrozenEncoders, save_random_checkpoints
-from model.image_encoder import IMAGE_ENCODER_SIZES, FrozenImageEncoder
 from pipelines import shards
 from pipelines.features import extract, views
 from pipelines.features import store as st
@@ -51,10 +49,9 @@ from pipelines.features.extract import FeatureExtractConfig
 from pipelines.sample_data import SampleDataConfig, generate
 
 BATCH_FRAMES = 32
+
+
 # GPU peak dense bf16 FLOP/s by device name (vendor datasheets, SXM parts).
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
-
-
 def media_shards(work: Path, videos: int, per_shard: int) -> str:
     """Generated videos as media shards in the ingestion format; their folder."""
     sample = generate(SampleDataConfig(out=str(work / "sample"), videos=videos, images=1, seed=0))
@@ -196,39 +193,11 @@ def bench_size(size: str, media: str, runs: int, cpus: int, work: Path, warmup: 
     }  # fmt: skip
 
 
-def bench_gpu(frames: int = 256, runs: int = 3) -> dict:
-    """The real EVA ViT-g + image Q-Former at bf16 autocast on the GPU: frames/s and share of peak FLOP/s."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    device = torch.device("cuda")
-    model = FrozenImageEncoder(IMAGE_ENCODER_SIZES["eva_vit_g"]).to(device).eval()
-    x = torch.randn(frames, 3, 224, 224, device=device)
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        with FlopCounterMode(display=False) as counter:
-            model(x[:8])
-        flops_per_frame = counter.get_total_flops() / 8
-        model(x)  # warm-up: kernels, allocator
-        torch.cuda.synchronize()
-        seconds = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            model(x)
-            torch.cuda.synchronize()
-            seconds.append(time.perf_counter() - t0)
-    name = torch.cuda.get_device_name()
-    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-    fps = frames / statistics.median(seconds)
-    return {"device": name, "batch_frames": frames, "frames_per_s": round(fps, 1),
-            "gflop_per_frame": round(flops_per_frame / 1e9, 1),
-            "share_of_peak_bf16": round(fps * flops_per_frame / peak, 3) if peak else None}  # fmt: skip
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--videos", type=int, default=8, help="generated videos (8 frames each go through)")
     parser.add_argument("--runs", type=int, default=3, help="measured runs per setting (after one warm-up)")
     parser.add_argument("--sizes", default="small", help="encoder sizes, comma separated (tiny, small)")
-    parser.add_argument("--gpu", action="store_true", help="also time the real ViT-g at bf16 (needs CUDA)")
     parser.add_argument("--quick", action="store_true", help="4 videos, tiny, 1 run, no warm-up: machinery only")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--work", type=Path, default=WORK / "features")
@@ -256,8 +225,6 @@ def main() -> None:
     }
     ray.shutdown()
     results["load_1m_start_end"] = [load_start, load_1m()]
-    if args.gpu:
-        results["gpu"] = bench_gpu() if torch.cuda.is_available() else "no CUDA device on this machine"
     results["total_s"] = round(time.perf_counter() - t0, 1)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "features.json").write_text(json.dumps(results, indent=1) + "\n")

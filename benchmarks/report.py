@@ -219,11 +219,42 @@ def train_step(result: dict, results: Path, doc: Path) -> str:
     return "\n".join(lines)
 
 
+def _share(value: float | None) -> str:
+    return f"{100 * value:.1f} %" if value is not None else "n/a (no peak known)"
+
+
+def gpu(result: dict, results: Path, doc: Path) -> str:
+    """The real-size encoders and the 7B step on the GPU: throughput, achieved TFLOP/s, share of peak."""
+    e, t, st = result["encoders"], result["train_step"], result["settings"]
+    f, a = e["frames"], e["audio"]
+    peak = f"{result['peak_bf16_tflops']:g} TFLOP/s dense bf16" if result["peak_bf16_tflops"] else "unknown"
+    lines = [
+        f"_Measured {result['date']} on **{result['device']}** (peak {peak}, {result['peak_source']}); "
+        f"{machine_line(result)}. Random weights at the real shapes, medians of {st['runs']} runs of "
+        f"{st['steps']} calls after a warm-up; FLOPs counted by torch._",
+        "",
+        "| what | per call | throughput | GFLOP per call | TFLOP/s | share of peak |",
+        "|---|---|---|---|---|---|",
+        f"| {e['image_encoder']} + Q-Former + ImageBind-{e['imagebind']} vision, {st['frames']} frames, "
+        f"{e['dtype']} | {f['median_s']:.4f} s | {f['frames_per_s']:.0f} frames/s | {f['gflop_per_call']:g} | "
+        f"{f['tflop_per_s']:g} | {_share(f['share_of_peak'])} |",
+        f"| ImageBind-{e['imagebind']} audio, 2-s clips | {a['median_s']:.4f} s | {a['clips_per_s']:.0f} clips/s | "
+        f"{a['gflop_per_call']:g} | {a['tflop_per_s']:g} | {_share(a['share_of_peak'])} |",
+        f"| VL stage-1 step, LLM {t['model']} ({t['llm_parameters'] / 1e9:.2f}B, {t['llm_dtype']}), batch "
+        f"{t['batch']} x {t['tokens_per_sample']} tokens | {t['median_s']:.4f} s | {t['samples_per_s']:.1f} samples/s "
+        f"| {t['gflop_per_call']:g} | {t['tflop_per_s']:g} | {_share(t['share_of_peak'])} |",
+    ]
+    if "max_memory_gib" in t:
+        lines += ["", f"Peak GPU memory in the training step: {t['max_memory_gib']:g} GiB."]
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[dict, Path, Path], str]] = {
     "ingest_webvid": ingest_webvid,
     "ingest_cc3m": ingest_cc3m,
     "features": features,
     "train_step": train_step,
+    "gpu": gpu,
 }
 
 
@@ -231,8 +262,13 @@ def block(section, result: dict | None, status: dict | None, results: Path, doc:
     """The generated block of one section: its tables, or why there are none."""
     if status and status.get("status") != "ok":
         note = f"_Last run: {status['status']} ({status.get('reason', '')})._"
-        if result is None or status["status"] == "skipped":
+        if result is None:
             return note
+        if status["status"] == "skipped":  # e.g. no GPU this time: the figures of the run that had one
+            render = TABLES.get(section.name)
+            return f"{note}\n\n{render(result, results, doc)}" if render else note
+    if result is None and section.cuda:
+        return "_No GPU run yet: the machines that ran `make bench` had no CUDA device; a run on one fills this._"
     if result is None:
         return f"_No results yet: run `make bench` ({section.what})._"
     render = TABLES.get(section.name)

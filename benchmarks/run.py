@@ -40,6 +40,7 @@ class Section:
     module: str
     what: str
     missing: str = ""  # why the module may be absent (shown in the doc), for sections other branches bring
+    cuda: bool = False  # runs only where torch sees a CUDA device; skipped, saying so, elsewhere
 
 
 SECTIONS = (
@@ -47,6 +48,7 @@ SECTIONS = (
     Section("ingest_cc3m", "benchmarks.ingest_cc3m", "CC3M images: ours (img2dataset under Ray) vs img2dataset alone"),
     Section("features", "benchmarks.features", "Feature extraction: the job vs the bare encoder forward; reuse"),
     Section("train_step", "benchmarks.train_step", "Training step: cached features vs on-the-fly encoders"),
+    Section("gpu", "benchmarks.gpu", "On a GPU: real-size encoders and the 7B training step, share of peak", cuda=True),
 )
 
 
@@ -54,6 +56,8 @@ def run_section(section: Section, quick: bool, results: Path, work: Path) -> dic
     """Run one section's module; its status, wall time and the load around it."""
     if importlib.util.find_spec(section.module) is None:
         return {"status": "skipped", "reason": section.missing or f"{section.module} not found"}
+    if section.cuda and not cuda_available():
+        return {"status": "skipped", "reason": "no CUDA device on this machine; run `make bench` on a GPU machine"}
     cmd = [sys.executable, "-m", section.module, "--results", str(results), "--work", str(work / section.name)]
     cmd += ["--quick"] if quick else []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
@@ -69,6 +73,12 @@ def run_section(section: Section, quick: bool, results: Path, work: Path) -> dic
         doc["reason"] = f"exit code {rc}; its output is above"
     print(f"   {section.name}: {doc['status']} in {doc['seconds']} s", flush=True)
     return doc
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def render(results: Path, doc: Path) -> list[Path]:

@@ -204,8 +204,10 @@ def test_quick_run_end_to_end(tmp_path):
     assert f"| {QUICK_PLAN.sizes['a'][0]} | {ours_a['videos_per_s']:.1f} ({ours_a['mb_per_s']:.2f}) |" in text
     assert "(results/ingest_webvid_scaling.png)" in text
     run = json.loads((results / "run.json").read_text())
-    assert run["quick"] is True and {s["status"] for s in run["sections"].values()} == {"ok"}
-    assert set(run["sections"]) == {s.name for s in SECTIONS}
+    assert run["quick"] is True and set(run["sections"]) == {s.name for s in SECTIONS}
+    for s in SECTIONS:  # the GPU section runs where CUDA is (its own tests cover it), and says why not elsewhere
+        expected = "skipped" if s.cuda and not torch.cuda.is_available() else "ok"
+        assert run["sections"][s.name]["status"] == expected, run["sections"][s.name]
 
     cc3m = json.loads((results / "ingest_cc3m.json").read_text())  # the images section, at 40 images
     assert cc3m["images"] == 40 and cc3m["pipeline"]["images_per_s"] > 0

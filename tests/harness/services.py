@@ -82,7 +82,11 @@ def mlflow_server(workdir: Path) -> Iterator[MlflowServer]:
         "--artifacts-destination", (workdir / "artifacts").as_uri(),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
-    with process_group(cmd, workdir / "mlflow.log") as proc:
+    # MLflow 3's server also starts its GenAI job runner: seven huey consumers that poll the backend,
+    # together more than one core of this 2-core machine for as long as the server lives. Tracking
+    # does not use them.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with process_group(cmd, workdir / "mlflow.log", env=env) as proc:
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/health", timeout=120, proc=proc)
         yield MlflowServer(url)

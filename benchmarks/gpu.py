@@ -97,13 +97,17 @@ def timed(fn: Callable[[], object], device: torch.device, steps: int, runs: int)
     return out
 
 
+def _sig(x: float, digits: int = 4) -> float:
+    return float(f"{x:.{digits}g}")
+
+
 def rate(units: int, seconds: list[float], flops: float, peak: float | None, unit: str) -> dict:
     """Throughput and share of peak from per-call seconds and the FLOPs of one call."""
     s = statistics.median(seconds)
     achieved = flops / s
     return {"seconds": [round(x, 5) for x in seconds], "median_s": round(s, 5), f"{unit}_per_s": round(units / s, 2),
-            "gflop_per_call": round(flops / 1e9, 2), "tflop_per_s": round(achieved / 1e12, 3),
-            "share_of_peak": round(achieved / peak, 4) if peak else None}  # fmt: skip
+            "gflop_per_call": _sig(flops / 1e9), "tflop_per_s": _sig(achieved / 1e12),
+            "share_of_peak": _sig(achieved / peak) if peak else None}  # fmt: skip
 
 
 @contextlib.contextmanager

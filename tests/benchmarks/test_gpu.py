@@ -25,8 +25,8 @@ def check(result: dict, frames: int, batch: int) -> None:
         assert part["median_s"] == pytest.approx(sorted(part["seconds"])[len(part["seconds"]) // 2], abs=1e-5)
         assert part[key] == pytest.approx(units / part["median_s"], rel=1e-3)
         achieved = part["gflop_per_call"] * 1e9 / part["median_s"]
-        assert part["tflop_per_s"] == pytest.approx(achieved / 1e12, rel=0.01, abs=1e-3)
-        assert part["share_of_peak"] == pytest.approx(achieved / peak, rel=0.01, abs=1e-4)
+        assert part["tflop_per_s"] == pytest.approx(achieved / 1e12, rel=0.01)  # the JSON's rounding
+        assert part["share_of_peak"] == pytest.approx(achieved / peak, rel=0.01)
         assert 0 < part["share_of_peak"] < 1
 
 

@@ -15,11 +15,14 @@ venv: $(STAMP)
 
 # torch comes from the local CPU wheel (pip finds it; an unpinned torch would pull gigabytes of
 # CUDA packages); uv then installs the rest in parallel (~25 s instead of ~3 min with pip) and
-# keeps that torch, since 2.13.0 satisfies pyproject's range.
+# keeps that torch, since 2.13.0 satisfies pyproject's range. --compile-bytecode writes the .pyc files
+# pip would (uv does not by default): where PYTHONDONTWRITEBYTECODE is set, as on this project's
+# machines, every Ray worker and subprocess would otherwise compile ray, transformers, mlflow... from
+# source on each start.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0 "uv>=0.5,<1"
-	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/uv pip install -q -e ".[test]"
+	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/uv pip install -q --compile-bytecode -e ".[test]"
 	rm -f $(VENV)/.installed-* && touch $@
 
 lint: $(STAMP)
